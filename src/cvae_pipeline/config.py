@@ -1,0 +1,166 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every stage validates the *whole* file before doing any work, so a typo in any
+section (``prepare.val_fractoin``) stops the pipeline at its first stage with
+one line naming the key, the value and what is allowed, instead of surfacing
+as a silently ignored knob an hour later. Sections for later stages are added
+here as they arrive; unknown keys are errors at every level.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSource(_Section):
+    """One candidate archive: a local path or an http(s) URL, pinned by one checksum."""
+
+    uri: str = Field(min_length=1, description="local path (relative to the repo root) or http(s) URL")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$")
+
+    @model_validator(mode="after")
+    def _exactly_one_checksum(self) -> DataSource:
+        if (self.sha256 is None) == (self.md5 is None):
+            raise ValueError("give exactly one of sha256 or md5 for each source")
+        return self
+
+    @property
+    def is_url(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+    @property
+    def checksum(self) -> tuple[str, str]:
+        """(algorithm, lower-case hex digest)."""
+        if self.sha256 is not None:
+            return "sha256", self.sha256.lower()
+        assert self.md5 is not None
+        return "md5", self.md5.lower()
+
+
+class DataParams(_Section):
+    """``data``: where the raw archive comes from (read by the ``download`` stage)."""
+
+    sources: list[DataSource] = Field(min_length=1)
+    timeout_seconds: float = Field(default=60.0, gt=0, description="network timeout per connect/read")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources_are_a_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ValueError("must be a list of {uri, sha256|md5} entries")
+        return value
+
+
+class PrepareParams(_Section):
+    """``prepare``: decoding, validation split and quick-run subsets."""
+
+    val_fraction: float = Field(
+        default=0.1, gt=0, le=0.5, description="fraction of the train set held out for validation"
+    )
+    train_subset: StrictInt | None = Field(
+        default=None, gt=0, description="training images kept after the validation split; null = all"
+    )
+    test_subset: StrictInt | None = Field(default=None, gt=0, description="test images kept; null = all")
+    seed: StrictInt = Field(default=0, ge=0)
+
+
+class PipelineParams(_Section):
+    """The whole of ``params.yaml``."""
+
+    data: DataParams
+    prepare: PrepareParams = PrepareParams()
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (to list its allowed keys)."""
+    model: Any = PipelineParams
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(item) if isinstance(model, type) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``<file>: <key> = <value>: <what is allowed>``."""
+    lines = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        key = _dotted(loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            allowed = ", ".join(owner.model_fields) if owner else "see README"
+            lines.append(f"{source}: unknown key '{key}' (allowed here: {allowed})")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing key '{key}'")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key} = {err['input']!r} is invalid: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> PipelineParams:
+    """Validate an already-loaded params mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, prepare, ...), got {type(raw).__name__}")
+    try:
+        return PipelineParams.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS_FILE) -> PipelineParams:
+    """Read and validate ``params.yaml``; raise :class:`ConfigError` with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found in {Path.cwd()}; run from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(raw, str(path))

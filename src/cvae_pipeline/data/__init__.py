@@ -1,0 +1,1 @@
+"""Data: acquire the raw archive, extract it safely, decode it into arrays."""

@@ -1,0 +1,79 @@
+"""Safe, atomic extraction of a tar archive.
+
+Python's ``tarfile`` ``data`` filter already refuses absolute paths and
+entries that resolve outside the destination; on top of it we refuse *every*
+link and special file, because a dataset archive has no business containing
+them and a link is the classic way to write outside the target later. The
+archive is extracted into a temporary sibling directory and renamed into place
+only once extraction finished and the layout was recognised, so a truncated,
+unsafe or unknown archive never leaves a ``data/raw`` that looks valid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ArchiveError
+from ..io import atomic_directory
+
+
+def _strict_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        if member.issym() or member.islnk():
+            raise ArchiveError(
+                f"{archive}: refused link entry '{member.name}' -> '{member.linkname}'; "
+                "a dataset archive must hold only regular files and directories"
+            )
+        if not (member.isfile() or member.isdir()):
+            raise ArchiveError(
+                f"{archive}: refused special entry '{member.name}' (device, FIFO or other); "
+                "a dataset archive must hold only regular files and directories"
+            )
+        try:
+            return tarfile.data_filter(member, dest)
+        except tarfile.FilterError as exc:
+            raise ArchiveError(f"{archive}: refused unsafe entry '{member.name}': {exc}") from None
+
+    return check
+
+
+def extract_tar(archive: Path, dest: Path) -> None:
+    """Extract ``archive`` (tar, optionally gz/bz2/xz) into the existing directory ``dest``."""
+    if not tarfile.is_tarfile(archive):
+        raise ArchiveError(
+            f"{archive}: not a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); "
+            "point data.sources at a CIFAR-10 tarball"
+        )
+    try:
+        with tarfile.open(archive, mode="r:*", errorlevel=2) as tar:
+            tar.extractall(dest, filter=_strict_filter(archive))
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise ArchiveError(
+            f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); "
+            "re-download it or check data.sources"
+        ) from None
+
+
+def extract_atomically(
+    archive: Path, target: Path, validate: Callable[[Path], object] | None = None
+) -> None:
+    """Extract ``archive`` to ``target`` all-or-nothing.
+
+    ``validate`` (e.g. layout detection) runs on the extracted tree before the
+    final rename; if it raises, nothing is left at ``target``.
+    """
+    target = Path(target)
+    if target.exists():
+        # A stale target must not survive a failed extraction and pass for the new one.
+        shutil.rmtree(target) if target.is_dir() else os.unlink(target)
+    with atomic_directory(target) as tmp:
+        extract_tar(archive, tmp)
+        if validate is not None:
+            validate(tmp)

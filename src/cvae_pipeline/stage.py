@@ -1,0 +1,34 @@
+"""What every stage script shares: argument parsing and turning user errors into one line.
+
+A :class:`~cvae_pipeline.errors.PipelineError` ends the stage with
+``error: <message>`` on stderr and exit status 1, so ``dvc repro`` stops with
+the reason on screen; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .config import DEFAULT_PARAMS_FILE
+from .errors import PipelineError
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+    return parser
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Call ``main`` and exit: 0 on success, 1 with one line on a user error, 130 on Ctrl-C."""
+    try:
+        main()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(0)
