@@ -1,8 +1,8 @@
 """Safe, atomic extraction of a tar archive.
 
-Python's ``tarfile`` ``data`` filter already refuses absolute paths and
-entries that resolve outside the destination; on top of it we refuse *every*
-link and special file, because a dataset archive has no business containing
+Python's ``tarfile`` ``data`` filter already refuses entries that resolve
+outside the destination; on top of it we refuse absolute names (which it would
+silently make relative) and *every* link and special file, because a dataset archive has no business containing
 them and a link is the classic way to write outside the target later. The
 archive is extracted into a temporary sibling directory and renamed into place
 only once extraction finished and the layout was recognised, so a truncated,
@@ -34,6 +34,9 @@ def _strict_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.Ta
                 f"{archive}: refused special entry '{member.name}' (device, FIFO or other); "
                 "a dataset archive must hold only regular files and directories"
             )
+        if member.name.startswith(("/", "\\")) or os.path.isabs(member.name):
+            # tarfile's data filter would silently strip the slash; a dataset has no reason for it.
+            raise ArchiveError(f"{archive}: refused unsafe entry '{member.name}': absolute path")
         try:
             return tarfile.data_filter(member, dest)
         except tarfile.FilterError as exc:
