@@ -24,12 +24,30 @@ def write_params(directory: Path, sources: list[dict], **prepare) -> Path:
     return path
 
 
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The environment for a subprocess: no tracking URI unless a test sets one (so runs go
+    to the workspace's own SQLite store), no DVC variables from an outer ``dvc`` call."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI" and not k.startswith("DVC_")}
+    return {**env, **overrides}
+
+
 def run_stage(stage: str, cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``stages/<stage>.py`` as DVC would (a subprocess in the workspace)."""
     return subprocess.run(
         [sys.executable, str(REPO / "stages" / f"{stage}.py"), *args],
-        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
+        cwd=cwd, capture_output=True, text=True, env=clean_env(**(env or {})), timeout=900,
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri():
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; keep it from leaking between tests."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture
@@ -37,3 +55,30 @@ def workspace(tmp_path: Path) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
     return ws
+
+
+def make_prepared(directory: Path, train_per_class: int = 20, val_per_class: int = 5, test_per_class: int = 5) -> Path:
+    """A prepared dataset (as the ``prepare`` stage writes it) of class-coloured noise images."""
+    import numpy as np
+    from archives import CLASSES, class_images
+
+    from cvae_pipeline.data.prepared import save_prepared
+    from cvae_pipeline.data.readers import Split
+
+    splits = {}
+    for seed, (name, k) in enumerate((("train", train_per_class), ("val", val_per_class), ("test", test_per_class))):
+        images = np.concatenate([class_images(c, k, seed).transpose(0, 3, 1, 2) for c in range(10)])
+        splits[name] = Split(images, np.repeat(np.arange(10), k))
+    save_prepared(directory, splits, CLASSES, {"synthetic": True, "sizes": [train_per_class, val_per_class]})
+    return directory
+
+
+def train_workspace(root: Path, model: dict, train: dict, train_per_class: int = 20) -> Path:
+    """A workspace ready for ``stages/train.py``: params.yaml + data/prepared."""
+    root.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"].update(model)
+    params["train"].update(train)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_prepared(root / "data" / "prepared", train_per_class)
+    return root

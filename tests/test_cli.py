@@ -29,7 +29,7 @@ def test_params_prints_validated_params_with_defaults(capsys):
 
 def test_params_error_is_one_line_and_nonzero(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
-    bad.write_text((REPO / "params.yaml").read_text().replace("seed: 0", "seed: -1"))
+    bad.write_text((REPO / "params.yaml").read_text().replace("seed: 0", "seed: -1", 1))
     assert main(["params", "--params", str(bad)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "prepare.seed = -1" in err and "\n" not in err

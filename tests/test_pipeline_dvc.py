@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from archives import make_image_folder_archive, sha256
-from conftest import REPO, write_params
+from conftest import REPO, clean_env, write_params
 
 BIN = Path(sys.executable).parent
 
 
 def sh(*cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -33,7 +34,12 @@ def dvc_repo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     archive = make_image_folder_archive(tmp_path / "cifar.tar.gz", 12, 4)
-    write_params(repo, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25)
+    params = write_params(repo, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25)
+    # the real pipeline, shrunk: a small model, one epoch
+    text = yaml.safe_load(params.read_text())
+    text["model"].update(backbone="mlp", width=32, latent_dim=8)
+    text["train"].update(epochs=1, batch_size=32)
+    params.write_text(yaml.safe_dump(text, sort_keys=False))
     sh("git", "init", "-q", cwd=repo)
     sh("git", "config", "user.email", "test@example.com", cwd=repo)
     sh("git", "config", "user.name", "test", cwd=repo)
@@ -48,17 +54,38 @@ def facts(repo: Path) -> dict:
     return json.loads((repo / "reports" / "data.json").read_text())
 
 
-def test_repro_is_complete_then_a_no_op_and_exp_run_changes_only_prepare(dvc_repo: Path):
+def mlflow_runs(repo: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cvae-cifar10")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_repro_then_no_op_then_experiments_rerun_only_what_changed(dvc_repo: Path):
     out = sh("dvc", "repro", cwd=dvc_repo)
-    assert "Running stage 'download'" in out and "Running stage 'prepare'" in out
+    for stage in ("download", "prepare", "train"):
+        assert f"Running stage '{stage}'" in out
     assert facts(dvc_repo)["train"]["per_class"]["cat"] == 9  # 12 minus the 25% validation split
+    assert json.loads((dvc_repo / "reports" / "train" / "metrics.json").read_text())["epochs"] == 1
+    assert len(mlflow_runs(dvc_repo)) == 1
 
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=dvc_repo)
-    metrics = sh("dvc", "metrics", "show", "--json", cwd=dvc_repo)
-    assert '"images": 90' in metrics.replace(" ", "") or '"images":90' in metrics.replace(" ", "")
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_repo))
+    workspace = next(iter(metrics.values()))["data"]  # keyed "" (workspace) in DVC 3.x
+    assert workspace["reports/data.json"]["data"]["train"]["images"] == 90
+    assert "val_loss" in workspace["reports/train/metrics.json"]["data"]
 
     sh("git", "add", "-A", cwd=dvc_repo)
     sh("git", "commit", "-qm", "baseline", cwd=dvc_repo)
+    out = sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=dvc_repo)
+    assert "Running stage 'train'" in out
+    assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
+    runs = mlflow_runs(dvc_repo)
+    assert len(runs) == 2 and {r.data.params["train.epochs"] for r in runs} == {"1", "2"}
+    named = [r for r in runs if r.data.params["train.epochs"] == "2"][0]
+    assert named.data.tags.get("dvc_experiment") == named.info.run_name  # run named after the DVC experiment
+
     out = sh("dvc", "exp", "run", "-S", "prepare.train_subset=20", cwd=dvc_repo)
     assert "Running stage 'prepare'" in out and "Running stage 'download'" not in out
     assert set(facts(dvc_repo)["train"]["per_class"].values()) == {2}

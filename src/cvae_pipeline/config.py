@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -88,11 +88,58 @@ class PrepareParams(_Section):
     seed: StrictInt = Field(default=0, ge=0)
 
 
+#: Registered backbones (``cvae_pipeline.models.BACKBONES``; a test keeps the two in step).
+Backbone = Literal["mlp", "conv", "resnet"]
+
+
+class ModelParams(_Section):
+    """``model``: which CVAE, how big, how conditioned, which likelihood."""
+
+    backbone: Backbone = "resnet"
+    latent_dim: StrictInt = Field(default=64, ge=1, le=4096)
+    width: StrictInt = Field(default=32, ge=4, le=2048, description="hidden units (mlp) / base channels")
+    blocks: StrictInt = Field(default=1, ge=0, le=8, description="residual blocks per resolution (resnet)")
+    conditioning: Literal["concat", "film"] = "film"
+    likelihood: Literal["bernoulli", "gaussian"] = "gaussian"
+    gaussian_variance: Literal["fixed", "learned"] = "learned"
+    gaussian_std: float = Field(default=0.1, gt=0, le=1, description="fixed std, or the learned std's start")
+
+
+class TrainParams(_Section):
+    """``train``: optimisation, schedules, regularisers, reproducibility and hardware."""
+
+    epochs: StrictInt = Field(default=10, ge=1)
+    batch_size: StrictInt = Field(default=128, ge=1)
+    lr: float = Field(default=1e-3, gt=0, le=1)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: float = Field(default=0.5, ge=0, description="linear lr warm-up")
+    beta: float = Field(default=1.0, ge=0, description="weight of the KL term after warm-up")
+    kl_warmup_epochs: float = Field(default=1.0, ge=0, description="beta rises linearly from 0 over these")
+    free_bits: float = Field(default=0.0, ge=0, description="nats per latent dim (0 = off)")
+    grad_clip: float | None = Field(default=100.0, gt=0, description="max gradient norm; null = off")
+    ema_decay: float | None = Field(default=0.999, gt=0, lt=1, description="EMA of weights; null = off")
+    seed: StrictInt = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: StrictInt | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
+    sample_every: StrictInt = Field(default=1, ge=1, description="log a sample grid every N epochs")
+
+
+class MlflowParams(_Section):
+    """``mlflow``: where runs are grouped (the tracking URI comes from MLFLOW_TRACKING_URI)."""
+
+    experiment: str = Field(default="cvae-cifar10", min_length=1)
+
+
 class PipelineParams(_Section):
     """The whole of ``params.yaml``."""
 
     data: DataParams
     prepare: PrepareParams = PrepareParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    mlflow: MlflowParams = MlflowParams()
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -1,0 +1,30 @@
+"""CVAE models, registered by name so that ``params.yaml: model.backbone`` picks one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import BaseCVAE, ELBOTerms
+from .conv import ConvCVAE
+from .likelihoods import build_likelihood
+from .mlp import MLPCVAE
+from .resnet import ResNetCVAE
+
+#: backbone name -> class; the single place a new backbone is registered.
+BACKBONES: dict[str, Callable[..., BaseCVAE]] = {
+    "mlp": MLPCVAE,
+    "conv": ConvCVAE,
+    "resnet": ResNetCVAE,
+}
+
+
+def build_model(cfg, num_classes: int) -> BaseCVAE:
+    """Instantiate the model that ``cfg`` (a validated ``ModelParams``) describes."""
+    likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_variance, cfg.gaussian_std)
+    kwargs = dict(width=cfg.width, conditioning=cfg.conditioning)
+    if cfg.backbone == "resnet":
+        kwargs["blocks"] = cfg.blocks
+    return BACKBONES[cfg.backbone](num_classes, cfg.latent_dim, likelihood, **kwargs)
+
+
+__all__ = ["BACKBONES", "BaseCVAE", "ELBOTerms", "build_model"]

@@ -1,0 +1,154 @@
+"""MLflow tracking shared by every stage.
+
+Where runs go: ``MLFLOW_TRACKING_URI`` when set (a server URL, a database),
+else a SQLite file ``mlflow.db`` at the repository root with artifacts in
+``mlartifacts/`` beside it. "Repository root" is ``DVC_ROOT`` when DVC sets it:
+``dvc exp run --temp/--queue`` runs stages in a copy under ``.dvc/tmp/exps/``,
+and a store relative to that copy would be thrown away with it.
+
+An unreachable server fails within seconds with one line naming the URI,
+instead of MLflow's default of minutes of retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .errors import PipelineError
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+RUN_FILE = Path("models/mlflow_run.json")
+
+
+class TrackingError(PipelineError):
+    """The MLflow store cannot be reached or used."""
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DEFAULT_DB}"
+
+
+def _uses_default_store() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the store and return the experiment's id (created when missing)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+
+    uri = tracking_uri()
+    default_store = _uses_default_store()  # decide before set_tracking_uri(), which exports the variable
+    mlflow.set_tracking_uri(uri)
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if default_store else None
+        try:
+            return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:
+            found = mlflow.get_experiment_by_name(experiment)  # created concurrently by another stage
+            if found is None:
+                raise
+            return found.experiment_id
+    except Exception as exc:  # requests/SQLAlchemy/MLflow errors all mean: the store is not usable
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not reachable ({first_line[:200]}); start the server or "
+            "unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        ) from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=project_root())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    """Tags that say where a run came from: commit, DVC experiment, baseline, machine."""
+    tags = {"stage": stage, "machine": f"{socket.gethostname()} ({platform.machine()}, {os.cpu_count()} cpus)"}
+    if commit := git_commit():
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = name
+    if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_baseline_rev"] = baseline
+    return tags
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": "0.001"}``; lists become JSON strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = json.dumps(value)[:6000]
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def write_run_file(run_id: str, experiment_id: str, path: Path = RUN_FILE) -> None:
+    """Record the run so later stages (sample, evaluate) log into the same MLflow run."""
+    from .io import write_json_atomic
+
+    write_json_atomic(path, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri()})
+
+
+def read_run_file(path: Path = RUN_FILE) -> dict:
+    if not Path(path).is_file():
+        raise TrackingError(f"{path}: missing; run `dvc repro train` first")
+    return json.loads(Path(path).read_text())
+
+
+def log_sampler_model(model, classes: list[str], name: str = "model") -> None:
+    """Log the trained CVAE as an MLflow model whose ``predict(labels)`` returns images.
+
+    Requirements are given explicitly: MLflow's inference of them would load
+    the model in a subprocess, which costs time and says nothing we don't know.
+    """
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    import torchvision
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from .models.artifact import CVAESampler
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+    )
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+    ]
+    mlflow.pytorch.log_model(
+        # pickle, not MLflow's torch.export ("pt2") default: sampling draws random latents, which
+        # an exported graph would freeze; loading needs cvae_pipeline importable, as in this venv.
+        CVAESampler(model), name=name, signature=signature, pip_requirements=requirements,
+        serialization_format="pickle",
+        metadata={"classes": list(classes), "input": "class indices (int64)", "output": "images in [0, 1]"},
+    )

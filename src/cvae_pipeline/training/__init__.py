@@ -1,0 +1,1 @@
+"""Training: whole-batch data serving, schedules, checkpoints and the loop."""

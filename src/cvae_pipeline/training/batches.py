@@ -1,0 +1,47 @@
+"""Serve training batches straight from the prepared uint8 arrays.
+
+The whole split lives in memory as one uint8 tensor (45,000 CIFAR images are
+138 MB); a batch is one gather by shuffled indices and one conversion to
+float. There is no per-image PIL or transform on the hot path, which is what
+makes the project's loop several times faster than a torchvision-style
+``Dataset`` + ``DataLoader`` (see ``benchmarks/train_throughput.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class BatchStream:
+    """Iterate ``(x float [B,3,32,32] in [0,1], y int64 [B])`` over one epoch."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
+                 shuffle: bool = True, generator: torch.Generator | None = None):
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # memmap -> RAM
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.generator = generator
+        if device.type == "cuda":  # pinned memory: asynchronous host-to-device copies
+            self.images = self.images.pin_memory()
+            self.labels = self.labels.pin_memory()
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.images[idx].to(self.device, non_blocking=True).float().div_(255.0)
+            y = self.labels[idx].to(self.device, non_blocking=True)
+            yield x, y

@@ -1,0 +1,207 @@
+"""The training loop: one object that owns model, optimiser, schedules, EMA and checkpoints.
+
+Resuming restores everything that influences the result — weights, optimiser
+and scheduler state, EMA, both random generators, the epoch and the history —
+so a run killed after epoch k and resumed ends with the same weights as one
+that was never interrupted (same seed, same device).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from ..config import TrainParams
+from ..data.prepared import PreparedSplit
+from ..errors import PipelineError
+from ..models import BaseCVAE
+from .batches import BatchStream
+from .checkpoint import load_checkpoint, save_checkpoint
+from .schedules import kl_weight, lr_factor
+
+VALIDATION_SEED = 1234  # fixed noise for the validation ELBO, so epochs are comparable
+
+
+class TrainingError(PipelineError):
+    """Training cannot go on (e.g. a non-finite loss)."""
+
+
+EpochCallback = Callable[[dict, BaseCVAE], None]
+
+
+def ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over n updates.
+
+    The ramp (as in TensorFlow's ExponentialMovingAverage with ``num_updates``)
+    keeps the average from being dominated by the random initial weights in
+    short runs; torch's ``get_ema_multi_avg_fn`` uses a fixed decay.
+    """
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return update
+
+
+class Trainer:
+    def __init__(self, model: BaseCVAE, cfg: TrainParams, device: torch.device, train: PreparedSplit,
+                 val: PreparedSplit, checkpoint_path: Path, fingerprint: str):
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = device
+        self.checkpoint_path = Path(checkpoint_path)
+        self.fingerprint = fingerprint
+        self.shuffle_rng = torch.Generator().manual_seed(cfg.seed)
+        self.train_batches = BatchStream(train.images, train.labels, cfg.batch_size, device, True, self.shuffle_rng)
+        self.val_batches = BatchStream(val.images, val.labels, max(cfg.batch_size, 256), device, shuffle=False)
+        steps_per_epoch = len(self.train_batches)
+        self.total_steps = cfg.epochs * steps_per_epoch
+        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.kl_warmup_steps = int(round(cfg.kl_warmup_epochs * steps_per_epoch))
+        optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.total_steps, self.warmup_steps, cfg.lr_schedule)
+        )
+        self.ema = (
+            AveragedModel(self.model, avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
+            if cfg.ema_decay is not None
+            else None
+        )
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.history: list[dict] = []
+        self.extra: dict = {}  # saved with the checkpoint (e.g. the MLflow run id)
+
+    @property
+    def eval_model(self) -> BaseCVAE:
+        """The weights to evaluate and sample with: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # --- checkpoints ---------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "shuffle_rng": self.shuffle_rng.get_state(),
+            "history": self.history,
+            "extra": self.extra,
+        }
+
+    def try_resume(self) -> bool:
+        """Restore the last checkpoint of this configuration; False when there is none."""
+        state = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.shuffle_rng.set_state(state["shuffle_rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.extra = list(state["history"]), dict(state["extra"])
+        return True
+
+    # --- training ------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        model = self.eval_model
+        model.eval()
+        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(VALIDATION_SEED)
+            for x, y in self.val_batches:
+                terms = model.loss(x, y)
+                totals["loss"] += terms.neg_elbo.item() * len(y)
+                totals["nll"] += terms.nll.item() * len(y)
+                totals["kl"] += terms.kl.item() * len(y)
+        n = self.val_batches.num_images
+        return {f"val_{k}": v / n for k, v in totals.items()}
+
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        sums = {"loss": 0.0, "neg_elbo": 0.0, "nll": 0.0, "kl": 0.0}
+        seen = 0
+        start = time.perf_counter()
+        bar = tqdm(self.train_batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+                   leave=False, mininterval=1.0)
+        for x, y in bar:
+            beta = kl_weight(self.step, self.kl_warmup_steps, cfg.beta)
+            terms = self.model.loss(x, y, beta=beta, free_bits=cfg.free_bits)
+            if not torch.isfinite(terms.loss):
+                raise TrainingError(
+                    f"non-finite loss ({terms.loss.item()}) at epoch {self.epoch + 1}, step {self.step}; "
+                    f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept. "
+                    "Fix: lower train.lr, set train.grad_clip, or raise model.gaussian_std"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            n = len(y)
+            seen += n
+            sums["loss"] += terms.loss.item() * n
+            sums["neg_elbo"] += terms.neg_elbo.item() * n
+            sums["nll"] += terms.nll.item() * n
+            sums["kl"] += terms.kl.item() * n
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.1f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        seconds = time.perf_counter() - start
+        return {
+            "train_loss": sums["loss"] / seen,
+            "train_neg_elbo": sums["neg_elbo"] / seen,
+            "train_nll": sums["nll"] / seen,
+            "train_kl": sums["kl"] / seen,
+            "lr": self.scheduler.get_last_lr()[0],
+            "beta": kl_weight(self.step - 1, self.kl_warmup_steps, cfg.beta),
+            "epoch_seconds": seconds,
+            "images_per_second": seen / seconds,
+        }
+
+    def fit(self, on_epoch_end: EpochCallback | None = None) -> list[dict]:
+        """Train from the current epoch to ``cfg.epochs``; checkpoint after every epoch."""
+        while self.epoch < self.cfg.epochs:
+            record = {"epoch": self.epoch + 1, **self.train_epoch()}
+            record.update(self.validate())
+            if not math.isfinite(record["val_loss"]):
+                raise TrainingError(
+                    f"non-finite validation ELBO at epoch {record['epoch']}; last good checkpoint kept "
+                    f"({self.checkpoint_path}). Fix: lower train.lr or set train.grad_clip"
+                )
+            self.epoch += 1
+            self.history.append(record)
+            save_checkpoint(self.checkpoint_path, self.state())
+            print(
+                f"epoch {record['epoch']}/{self.cfg.epochs}  train loss {record['train_loss']:.1f} "
+                f"(-elbo {record['train_neg_elbo']:.1f}: nll {record['train_nll']:.1f} + kl {record['train_kl']:.1f})  "
+                f"val -elbo {record['val_loss']:.1f}  lr {record['lr']:.2e}  beta {record['beta']:.2f}  "
+                f"{record['epoch_seconds']:.1f}s  {record['images_per_second']:.0f} img/s",
+                flush=True,
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(record, self.eval_model)
+        return self.history

@@ -1,0 +1,88 @@
+"""What a training run shows: sample grids, the per-epoch history, final metrics, MLflow logging."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from ..io import atomic_file, write_json_atomic
+from ..models import BaseCVAE
+
+GRID_SEED = 0  # the same latent draws every epoch, so grids show the model changing, not the noise
+
+
+@torch.no_grad()
+def sample_grid(model: BaseCVAE, num_classes: int, per_class: int = 10, seed: int = GRID_SEED,
+                temperature: float = 1.0) -> Image.Image:
+    """One row per class, ``per_class`` samples each, as an RGB image."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
+    images = model.sample(labels, temperature=temperature, generator=generator)
+    model.train(was_training)
+    grid = make_grid(images.cpu(), nrow=per_class, padding=2, pad_value=1.0)
+    return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    """Per-epoch CSV that ``dvc plots`` draws (x: epoch)."""
+    if not history:
+        return
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def final_metrics(history: list[dict]) -> dict:
+    last = history[-1]
+    keep = ("train_loss", "train_neg_elbo", "train_nll", "train_kl", "val_loss", "val_nll", "val_kl")
+    return {
+        "epochs": last["epoch"],
+        **{k: round(float(last[k]), 4) for k in keep},
+        "train_seconds": round(sum(r["epoch_seconds"] for r in history), 1),
+        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
+    }
+
+
+class EpochReporter:
+    """Called after every epoch: MLflow metrics (step = epoch), grids every N epochs, DVC files."""
+
+    def __init__(self, num_classes: int, history_path: Path, grid_path: Path, sample_every: int,
+                 total_epochs: int, history: list[dict] | None = None):
+        self.num_classes = num_classes
+        self.history_path = history_path
+        self.grid_path = grid_path
+        self.sample_every = sample_every
+        self.total_epochs = total_epochs
+        self.history: list[dict] = list(history or [])  # earlier epochs when resuming
+
+    def __call__(self, record: dict, model: BaseCVAE) -> None:
+        import mlflow
+
+        epoch = record["epoch"]
+        self.history.append(record)
+        write_history(self.history, self.history_path)
+        mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"}, step=epoch)
+        if epoch % self.sample_every == 0 or epoch == self.total_epochs:
+            grid = sample_grid(model, self.num_classes)
+            save_png(grid, self.grid_path)
+            mlflow.log_image(grid, artifact_file=f"samples/epoch_{epoch:04d}.png")
+
+
+def write_final_metrics(history: list[dict], path: Path) -> dict:
+    metrics = final_metrics(history)
+    write_json_atomic(path, metrics)
+    return metrics
