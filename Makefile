@@ -34,8 +34,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	pytest -m 'not slow'
 
-ui:
-	@echo "make ui: the MLflow UI arrives with the experiment-workflow issue (#5)." >&2; exit 2
+# The MLflow UI over the project's store (the one every stage and experiment logs to).
+# With MLFLOW_TRACKING_URI pointing at a server, that server already is the UI.
+ui: $(STAMP)
+	@case "$${MLFLOW_TRACKING_URI:-}" in \
+	  http://*|https://*) echo "runs are on the tracking server: open $$MLFLOW_TRACKING_URI" ;; \
+	  *) exec mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	       --default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port 5000 ;; \
+	esac
 
 clean-venv:
 	rm -rf $(VENV)

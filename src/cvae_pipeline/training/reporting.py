@@ -6,29 +6,22 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from ..io import atomic_file, write_json_atomic
 from ..models import BaseCVAE
+from ..sampling import generate, grid_of
 
 GRID_SEED = 0  # the same latent draws every epoch, so grids show the model changing, not the noise
 
 
-@torch.no_grad()
 def sample_grid(model: BaseCVAE, num_classes: int, per_class: int = 10, seed: int = GRID_SEED,
                 temperature: float = 1.0) -> Image.Image:
     """One row per class, ``per_class`` samples each, as an RGB image."""
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-    images = model.sample(labels, temperature=temperature, generator=generator)
+    images, labels = generate(model, num_classes, per_class, temperature, seed, progress=False)
     model.train(was_training)
-    grid = make_grid(images.cpu(), nrow=per_class, padding=2, pad_value=1.0)
-    return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    return grid_of(images, labels, num_classes, per_row=per_class)
 
 
 def save_png(image: Image.Image, path: Path) -> None:
