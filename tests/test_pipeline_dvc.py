@@ -1,4 +1,5 @@
-"""End to end as a user drives it: ``dvc repro`` and ``dvc exp run`` in a fresh git repo."""
+"""End to end as a user drives it: ``dvc repro`` and ``dvc exp run`` in a fresh git repo,
+on a tiny configuration (a few hundred images, one epoch) with the real Inception network."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from archives import make_image_folder_archive, sha256
+import numpy as np
+from archives import CLASSES, make_image_folder_archive, sha256
 from conftest import REPO, clean_env, write_params
 
 BIN = Path(sys.executable).parent
+ALL_STAGES = ("download", "prepare", "fid_reference", "train", "sample", "evaluate")
 
 
 def sh(*cmd: str, cwd: Path) -> str:
@@ -39,6 +42,8 @@ def dvc_repo(tmp_path: Path) -> Path:
     text = yaml.safe_load(params.read_text())
     text["model"].update(backbone="mlp", width=32, latent_dim=8)
     text["train"].update(epochs=1, batch_size=32)
+    text["sample"].update(per_class=5)
+    text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
     params.write_text(yaml.safe_dump(text, sort_keys=False))
     sh("git", "init", "-q", cwd=repo)
     sh("git", "config", "user.email", "test@example.com", cwd=repo)
@@ -54,21 +59,34 @@ def facts(repo: Path) -> dict:
     return json.loads((repo / "reports" / "data.json").read_text())
 
 
-def mlflow_runs(repo: Path) -> list:
+def mlflow_client(repo: Path):
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def mlflow_runs(repo: Path) -> list:
+    client = mlflow_client(repo)
     experiment = client.get_experiment_by_name("cvae-cifar10")
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
 def test_repro_then_no_op_then_experiments_rerun_only_what_changed(dvc_repo: Path):
     out = sh("dvc", "repro", cwd=dvc_repo)
-    for stage in ("download", "prepare", "train"):
+    for stage in ALL_STAGES:
         assert f"Running stage '{stage}'" in out
     assert facts(dvc_repo)["train"]["per_class"]["cat"] == 9  # 12 minus the 25% validation split
     assert json.loads((dvc_repo / "reports" / "train" / "metrics.json").read_text())["epochs"] == 1
-    assert len(mlflow_runs(dvc_repo)) == 1
+    metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
+    for key in ("fid", "kid_mean", "kid_std", "class_consistency", "precision", "recall", "test_neg_elbo_nats"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["num_samples"] == 50 and set(metrics["per_class"]) == set(CLASSES)
+    (run,) = mlflow_runs(dvc_repo)
+    assert run.data.params["model.backbone"] == "mlp" and "fid" in run.data.metrics
+    assert run.data.metrics["fid"] == pytest.approx(metrics["fid"])
+    artifacts = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "samples")}
+    assert "samples/final_grid.png" in artifacts and "samples/epoch_0001.png" in artifacts
+    assert (dvc_repo / "reports" / "samples" / "grid.png").is_file()
 
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=dvc_repo)
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_repo))
@@ -79,8 +97,10 @@ def test_repro_then_no_op_then_experiments_rerun_only_what_changed(dvc_repo: Pat
     sh("git", "add", "-A", cwd=dvc_repo)
     sh("git", "commit", "-qm", "baseline", cwd=dvc_repo)
     out = sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=dvc_repo)
-    assert "Running stage 'train'" in out
-    assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
+    for stage in ("train", "sample", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("download", "prepare", "fid_reference"):
+        assert f"Running stage '{stage}'" not in out
     runs = mlflow_runs(dvc_repo)
     assert len(runs) == 2 and {r.data.params["train.epochs"] for r in runs} == {"1", "2"}
     named = [r for r in runs if r.data.params["train.epochs"] == "2"][0]
@@ -88,6 +108,7 @@ def test_repro_then_no_op_then_experiments_rerun_only_what_changed(dvc_repo: Pat
 
     out = sh("dvc", "exp", "run", "-S", "prepare.train_subset=20", cwd=dvc_repo)
     assert "Running stage 'prepare'" in out and "Running stage 'download'" not in out
+    assert "Running stage 'fid_reference'" not in out  # the test split did not change
     assert set(facts(dvc_repo)["train"]["per_class"].values()) == {2}
     experiments = [
         e for e in walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))

@@ -1,8 +1,8 @@
 """The ``cvae`` command: tools a user runs outside ``dvc repro``.
 
-Later issues add ``fid``, ``kid``, ``report`` and ``compare`` here; every
-subcommand is a function ``cmd_<name>(args) -> int`` registered in
-:func:`build_parser`.
+``fid`` and ``kid`` follow pytorch-fid's CLI (``python -m pytorch_fid A B``),
+the interface users already know. Every subcommand is a function
+``cmd_<name>(args) -> int`` registered in :func:`build_parser`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -46,6 +47,62 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features_of(image_set, args: argparse.Namespace, extractor_box: list):
+    """Inception features of an image set (the network is loaded once, on first need)."""
+    from .metrics.inception import InceptionFeatures
+    from .training.runtime import resolve_device
+
+    if image_set.features is not None:
+        return image_set.features
+    if not extractor_box:
+        extractor_box.append(InceptionFeatures(resolve_device(args.device), args.batch_size))
+    return extractor_box[0](image_set.images, desc=f"inception {image_set.source.name}")
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    """FID between two image sets (pytorch-fid's convention and numbers)."""
+    from .metrics.fid import Statistics, frechet_distance
+    from .metrics.image_sets import load_image_set
+
+    box: list = []
+    stats = []
+    for path in args.paths:
+        image_set = load_image_set(path)
+        if image_set.stats is not None:
+            stats.append(Statistics(*image_set.stats, count=-1))
+        else:
+            stats.append(Statistics.of(_features_of(image_set, args, box)))
+    if args.save_stats:
+        stats[0].save(args.save_stats)
+        print(f"saved statistics of {args.paths[0]} to {args.save_stats}")
+    if len(stats) == 2:
+        print(f"FID: {frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma):.6f}")
+    return 0
+
+
+def cmd_kid(args: argparse.Namespace) -> int:
+    """KID (unbiased, mean and std over subsets) between two image sets."""
+    from .errors import PipelineError
+    from .metrics.image_sets import load_image_set
+    from .metrics.kid import kid
+
+    box: list = []
+    features = []
+    for path in args.paths:
+        image_set = load_image_set(path)
+        if image_set.stats is not None:
+            raise PipelineError(f"{path}: KID needs images or features, not mu/sigma statistics")
+        features.append(_features_of(image_set, args, box))
+    mean, std = kid(features[0], features[1], args.subsets, args.subset_size, args.seed)
+    print(f"KID: {mean:.6f} ± {std:.6f}")
+    return 0
+
+
+def _add_image_set_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=50, help="Inception batch size (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cvae-pipeline {__version__}")
@@ -59,11 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prepared_dir", nargs="?", default="data/prepared")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_data_info)
+
+    paths_help = "a folder of images (searched recursively), a .npy/.npz of uint8 images, or saved statistics"
+    p = sub.add_parser("fid", help=cmd_fid.__doc__, description=cmd_fid.__doc__)
+    p.add_argument("paths", nargs="+", metavar="PATH", help=f"one or two of: {paths_help}")
+    p.add_argument("--save-stats", type=Path, metavar="OUT.npz", help="save the first set's mu/sigma here")
+    _add_image_set_options(p)
+    p.set_defaults(func=cmd_fid)
+
+    p = sub.add_parser("kid", help=cmd_kid.__doc__, description=cmd_kid.__doc__)
+    p.add_argument("paths", nargs=2, metavar="PATH", help="a folder of images or a .npy/.npz of uint8 images")
+    p.add_argument("--subsets", type=int, default=100)
+    p.add_argument("--subset-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    _add_image_set_options(p)
+    p.set_defaults(func=cmd_kid)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "fid" and (len(args.paths) > 2 or (len(args.paths) == 1 and not args.save_stats)):
+        parser.error("fid takes PATH_A PATH_B, or one PATH with --save-stats OUT.npz")
     try:
         return args.func(args)
     except PipelineError as exc:

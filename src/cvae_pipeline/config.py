@@ -126,6 +126,30 @@ class TrainParams(_Section):
     sample_every: StrictInt = Field(default=1, ge=1, description="log a sample grid every N epochs")
 
 
+class SampleParams(_Section):
+    """``sample``: the generated set that ``evaluate`` scores."""
+
+    per_class: StrictInt = Field(default=100, ge=2, description="images generated per class")
+    temperature: float = Field(default=1.0, ge=0, description="std of the prior draw z ~ N(0, t^2 I)")
+    seed: StrictInt = Field(default=0, ge=0)
+    batch_size: StrictInt = Field(default=500, ge=1)
+
+
+class EvaluateParams(_Section):
+    """``evaluate``: FID/KID reference, metric settings, likelihood bounds."""
+
+    reference: Literal["test", "train"] = Field(default="test", description="real split FID is measured against")
+    reference_size: StrictInt | None = Field(default=None, ge=20, description="stratified subset; null = all")
+    batch_size: StrictInt = Field(default=50, ge=1, description="Inception batch size")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    kid_subsets: StrictInt = Field(default=100, ge=1)
+    kid_subset_size: StrictInt = Field(default=1000, ge=2)
+    pr_neighbours: StrictInt = Field(default=3, ge=1, description="k of the k-NN precision/recall manifolds")
+    probe_folds: StrictInt = Field(default=3, ge=2, description="cross-validation folds of the linear probe")
+    iw_samples: StrictInt = Field(default=16, ge=1, description="importance samples of the likelihood bound")
+    likelihood_images: StrictInt | None = Field(default=None, ge=1, description="test images for bounds; null = all")
+
+
 class MlflowParams(_Section):
     """``mlflow``: where runs are grouped (the tracking URI comes from MLFLOW_TRACKING_URI)."""
 
@@ -139,6 +163,8 @@ class PipelineParams(_Section):
     prepare: PrepareParams = PrepareParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    sample: SampleParams = SampleParams()
+    evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
 
 

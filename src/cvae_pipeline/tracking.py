@@ -12,6 +12,7 @@ instead of MLflow's default of minutes of retries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -43,15 +44,35 @@ def _uses_default_store() -> bool:
     return not os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def configure(experiment: str) -> str:
-    """Point MLflow at the store and return the experiment's id (created when missing)."""
+def _unreachable(uri: str, exc: Exception) -> TrackingError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TrackingError(
+        f"MLflow tracking store {uri} is not reachable ({first_line[:200]}); start the server or "
+        "unset MLFLOW_TRACKING_URI to use the local SQLite store"
+    )
+
+
+def configure_store() -> str:
+    """Point MLflow at the store (failing fast when it is unreachable); returns the URI."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
 
     uri = tracking_uri()
-    default_store = _uses_default_store()  # decide before set_tracking_uri(), which exports the variable
     mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.search_experiments(max_results=1)
+    except Exception as exc:  # requests/SQLAlchemy/MLflow errors all mean: the store is not usable
+        raise _unreachable(uri, exc) from None
+    return uri
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the store and return the experiment's id (created when missing)."""
+    import mlflow
+
+    default_store = _uses_default_store()  # decide before set_tracking_uri(), which exports the variable
+    uri = configure_store()
     try:
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
@@ -64,12 +85,8 @@ def configure(experiment: str) -> str:
             if found is None:
                 raise
             return found.experiment_id
-    except Exception as exc:  # requests/SQLAlchemy/MLflow errors all mean: the store is not usable
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(
-            f"MLflow tracking store {uri} is not reachable ({first_line[:200]}); start the server or "
-            "unset MLFLOW_TRACKING_URI to use the local SQLite store"
-        ) from None
+    except Exception as exc:
+        raise _unreachable(uri, exc) from None
 
 
 def git_commit() -> str | None:
@@ -152,3 +169,21 @@ def log_sampler_model(model, classes: list[str], name: str = "model") -> None:
         serialization_format="pickle",
         metadata={"classes": list(classes), "input": "class indices (int64)", "output": "images in [0, 1]"},
     )
+
+
+@contextlib.contextmanager
+def recorded_run(run_file: Path = RUN_FILE):
+    """Re-open the training's MLflow run (from ``models/mlflow_run.json``) so a later stage logs into it."""
+    import mlflow
+
+    info = read_run_file(run_file)
+    configure_store()
+    try:
+        run = mlflow.start_run(run_id=info["run_id"])
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(
+            f"MLflow run {info['run_id']} (from {run_file}) is not in {tracking_uri()} ({exc.message[:120]}); "
+            "was it trained against another MLFLOW_TRACKING_URI? Re-run `dvc repro -f train`"
+        ) from None
+    with run:
+        yield run

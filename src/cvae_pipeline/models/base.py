@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .likelihoods import Likelihood
+from .likelihoods import HALF_LOG_2PI, Likelihood
 
 IMAGE_SHAPE = (3, 32, 32)
 IMAGE_DIM = 3 * 32 * 32
@@ -82,6 +82,23 @@ class BaseCVAE(nn.Module):
             kl_for_loss = kl_per_dim.mean(0).clamp(min=free_bits).sum()
         loss = nll.mean() + beta * kl_for_loss
         return ELBOTerms(loss=loss, nll=nll.mean(), kl=kl.mean())
+
+    def log_importance_weights(self, x: torch.Tensor, y: torch.Tensor, samples: int) -> torch.Tensor:
+        """log p(x|z,y) + log p(z) - log q(z|x,y) for ``samples`` draws z ~ q, [samples, B].
+
+        Its mean over draws is the ELBO; ``logsumexp - log(samples)`` is the
+        importance-weighted bound of Burda et al. (2016).
+        """
+        mu, logvar = self.encode(x, y)
+        std = torch.exp(0.5 * logvar)
+        out = []
+        for _ in range(samples):
+            eps = torch.randn_like(mu)
+            z = mu + eps * std
+            log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - HALF_LOG_2PI).sum(1)
+            log_p_z = (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(1)
+            out.append(-self.likelihood.nll(self.decode(z, y), x) + log_p_z - log_q)
+        return torch.stack(out)
 
     @torch.no_grad()
     def sample(

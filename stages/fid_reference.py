@@ -1,0 +1,41 @@
+"""Stage ``fid_reference``: Inception features and FID statistics of the real reference split
+(``evaluate.reference``, optionally a stratified ``evaluate.reference_size`` subset). It depends on
+the data and the FID settings only, so every experiment reuses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvae_pipeline.config import load_params
+from cvae_pipeline.data.prepared import load_prepared
+from cvae_pipeline.data.splits import stratified_subset
+from cvae_pipeline.io import atomic_directory
+from cvae_pipeline.metrics.fid import Statistics
+from cvae_pipeline.metrics.inception import InceptionFeatures
+from cvae_pipeline.metrics.reference import FEATURES_FILE, STATS_FILE, FeatureSet
+from cvae_pipeline.stage import run_stage, stage_parser
+from cvae_pipeline.training.runtime import resolve_device
+
+PREPARED_DIR = Path("data/prepared")
+OUT_DIR = Path("data/fid_reference")
+
+
+def main() -> None:
+    args = stage_parser(__doc__).parse_args()
+    cfg = load_params(args.params).evaluate
+    split = load_prepared(PREPARED_DIR, cfg.reference)
+    images, labels = split.images, split.labels
+    if cfg.reference_size is not None and cfg.reference_size < len(labels):
+        idx = stratified_subset(labels, cfg.reference_size, seed=0, what="evaluate.reference_size")
+        images, labels = images[idx], labels[idx]
+    extractor = InceptionFeatures(resolve_device(cfg.device), cfg.batch_size)
+    print(f"reference: {len(labels)} {cfg.reference} images")
+    features = extractor(images, desc=f"inception {cfg.reference}")
+    with atomic_directory(OUT_DIR) as tmp:
+        FeatureSet(features, labels, split.classes).save(tmp / FEATURES_FILE)
+        Statistics.of(features).save(tmp / STATS_FILE)
+    print(f"wrote {OUT_DIR}/{FEATURES_FILE} and {STATS_FILE}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

