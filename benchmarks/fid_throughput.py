@@ -7,11 +7,13 @@ file order) from ``data/prepared`` (``dvc repro prepare``), writes them as PNG
 folders A (first half) and B (second half), and measures, alone on the
 machine:
 
-* ``project``: ``cvae_pipeline.metrics.inception.InceptionFeatures`` (the
-  TorchScript network frozen, batch norm folded, channels-last, inference mode);
+* ``project``: ``cvae_pipeline.metrics.inception.InceptionFeatures`` (the shipped
+  network's weights in pytorch-fid's architecture, batch norm folded into the
+  convolutions, traced and frozen, channels-last, inference mode) and the project's FID;
 * ``pytorch-fid``: pytorch-fid 0.3.0's ``InceptionV3`` and ``get_activations``
   exactly as ``python -m pytorch_fid`` runs them (weights installed offline from
-  the same network, see ``metrics/pytorch_fid_weights.py``; ``num_workers=0``).
+  the same network, see ``metrics/pytorch_fid_weights.py``; ``num_workers=0``) and
+  pytorch-fid's ``calculate_frechet_distance``.
 
 It prints images/s for both, their ratio, and FID(A, B) by both (they must agree
 to 0.1%). Batch size 50 for both (pytorch-fid's default).
@@ -77,6 +79,13 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
 
 
+def pytorch_fid_fid(a: np.ndarray, b: np.ndarray) -> float:
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    sa, sb = Statistics.of(a), Statistics.of(b)
+    return float(calculate_frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -94,7 +103,7 @@ def main() -> None:
         ours, t_ours = project_features(folders, device)
         theirs, t_theirs = pytorch_fid_features(folders, device)
     n = len(images)
-    fid_ours, fid_theirs = fid(*ours), fid(*theirs)
+    fid_ours, fid_theirs = fid(*ours), pytorch_fid_fid(*theirs)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}, {device}",

@@ -15,11 +15,12 @@ from cvae_pipeline.config import load_params
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.data.splits import stratified_subset
 from cvae_pipeline.io import write_json_atomic
+from cvae_pipeline.metrics.class_consistency import LinearProbe
 from cvae_pipeline.metrics.evaluation import flatten_metrics, sample_quality
 from cvae_pipeline.metrics.fid import Statistics
 from cvae_pipeline.metrics.inception import InceptionFeatures
 from cvae_pipeline.metrics.likelihood import likelihood_metrics
-from cvae_pipeline.metrics.reference import FEATURES_FILE, STATS_FILE, FeatureSet
+from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
 from cvae_pipeline.models.artifact import load_trained_model
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.training.runtime import resolve_device
@@ -42,7 +43,7 @@ def main() -> None:
     fake = FeatureSet(InceptionFeatures(device, cfg.batch_size)(images, desc="inception samples"), labels, classes)
     fake.save(SAMPLE_FEATURES)
     metrics = sample_quality(FeatureSet.load(REFERENCE / FEATURES_FILE), Statistics.load(REFERENCE / STATS_FILE),
-                             fake, cfg)
+                             LinearProbe.load(REFERENCE / PROBE_FILE), fake, cfg)
 
     model, _ = load_trained_model(MODEL_FILE, device)
     test = load_prepared("data/prepared", "test")

@@ -1,6 +1,6 @@
-"""Stage ``fid_reference``: Inception features and FID statistics of the real reference split
-(``evaluate.reference``, optionally a stratified ``evaluate.reference_size`` subset). It depends on
-the data and the FID settings only, so every experiment reuses it."""
+"""Stage ``fid_reference``: Inception features, FID statistics and the class-consistency probe of the
+real reference split (``evaluate.reference``, optionally a stratified ``evaluate.reference_size``
+subset). It depends on the data and the FID settings only, so every experiment reuses it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from cvae_pipeline.config import load_params
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.data.splits import stratified_subset
 from cvae_pipeline.io import atomic_directory
+from cvae_pipeline.metrics.class_consistency import LinearProbe
 from cvae_pipeline.metrics.fid import Statistics
 from cvae_pipeline.metrics.inception import InceptionFeatures
-from cvae_pipeline.metrics.reference import FEATURES_FILE, STATS_FILE, FeatureSet
+from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.training.runtime import resolve_device
 
@@ -31,10 +32,13 @@ def main() -> None:
     extractor = InceptionFeatures(resolve_device(cfg.device), cfg.batch_size)
     print(f"reference: {len(labels)} {cfg.reference} images")
     features = extractor(images, desc=f"inception {cfg.reference}")
+    probe = LinearProbe.fit(features, labels, cfg.probe_folds)
+    print(f"class-consistency probe: {probe.real_cv_accuracy:.3f} cross-validated accuracy on real images")
     with atomic_directory(OUT_DIR) as tmp:
         FeatureSet(features, labels, split.classes).save(tmp / FEATURES_FILE)
         Statistics.of(features).save(tmp / STATS_FILE)
-    print(f"wrote {OUT_DIR}/{FEATURES_FILE} and {STATS_FILE}")
+        probe.save(tmp / PROBE_FILE)
+    print(f"wrote {OUT_DIR}/{FEATURES_FILE}, {STATS_FILE} and {PROBE_FILE}")
 
 
 if __name__ == "__main__":

@@ -73,10 +73,12 @@ def main() -> None:
     with run:
         reporter = EpochReporter(len(train.classes), REPORTS / "history.csv", REPORTS / "samples.png",
                                  cfg.sample_every, cfg.epochs, history=trainer.history)
+        epochs_before = trainer.epoch
         history = trainer.fit(on_epoch_end=reporter)
         final_model = copy.deepcopy(trainer.eval_model).cpu().eval()
-        write_history(history, REPORTS / "history.csv")  # also when a finished run is resumed
-        save_png(sample_grid(final_model, len(train.classes)), REPORTS / "samples.png")
+        if trainer.epoch == epochs_before:  # a finished run "resumed": no epoch wrote the DVC plots
+            write_history(history, REPORTS / "history.csv")
+            save_png(sample_grid(final_model, len(train.classes)), REPORTS / "samples.png")
         save_trained_model(MODEL_FILE, final_model, params.model.model_dump(), train.classes)
         metrics = write_final_metrics(history, REPORTS / "metrics.json")
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})

@@ -12,7 +12,7 @@ from scipy import linalg
 
 from cvae_pipeline.config import ModelParams
 from cvae_pipeline.metrics import inception
-from cvae_pipeline.metrics.class_consistency import class_consistency
+from cvae_pipeline.metrics.class_consistency import LinearProbe, class_consistency, make_probe
 from cvae_pipeline.metrics.fid import Statistics, fid_from_features, frechet_distance
 from cvae_pipeline.metrics.kid import kid, polynomial_mmd2_unbiased
 from cvae_pipeline.metrics.likelihood import likelihood_metrics
@@ -30,20 +30,23 @@ def test_fid_on_gaussians_equals_direct_scipy_computation():
     a, b = gaussian_features(500, 16, 0.0, 1), gaussian_features(400, 16, 0.5, 2)
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # independent route: Tr sqrt(S1 S2) = Tr sqrt(sqrt(S1) S2 sqrt(S1)), a symmetric PSD matrix
-    r1 = linalg.sqrtm(s1).real
-    middle = np.linalg.eigvalsh(r1 @ s2 @ r1)
-    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(np.clip(middle, 0, None)))
-    assert fid_from_features(a, b) == pytest.approx(direct, rel=1e-6)
+    # independent route: the general matrix square root of the non-symmetric product
+    direct = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    assert fid_from_features(a, b) == pytest.approx(direct, rel=1e-9)
 
 
-def test_fid_matches_pytorch_fid_formula():
+@pytest.mark.parametrize("n_a, n_b", [(300, 300), (20, 25), (9, 300), (300, 9)],
+                         ids=["full-rank", "both-rank-deficient", "few-a", "few-b"])
+def test_fid_matches_pytorch_fid_formula(n_a, n_b):
+    """Both routes (covariances, and the low-rank one on features) give pytorch-fid's number,
+    also when a set has fewer images than dimensions (per-class FIDs, small test sets)."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    a, b = gaussian_features(300, 12, 0.0, 3), gaussian_features(300, 12, 1.0, 4)
+    a, b = gaussian_features(n_a, 32, 0.0, 3), gaussian_features(n_b, 32, 1.0, 4)
     sa, sb = Statistics.of(a), Statistics.of(b)
     expected = calculate_frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
-    assert frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma) == pytest.approx(expected, rel=1e-6)
+    assert fid_from_features(a, b) == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():
@@ -85,16 +88,29 @@ def test_precision_recall_extremes():
     assert precision == 1.0 and recall < 0.5
 
 
+def separable_classes(seed: int = 0, n_classes: int = 4, per_class: int = 60):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, 16)) * 5
+    labels = np.repeat(np.arange(n_classes), per_class)
+    return centres[labels] + rng.normal(size=(len(labels), 16)), centres[labels] + rng.normal(size=(len(labels), 16)), labels
+
+
 def test_class_consistency_of_separable_classes():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 16)) * 5
-    labels = np.repeat(np.arange(4), 60)
-    real = centres[labels] + rng.normal(size=(240, 16))
-    fake = centres[labels] + rng.normal(size=(240, 16))
-    good = class_consistency(real, labels, fake, labels, folds=3)
+    real, fake, labels = separable_classes()
+    probe = LinearProbe.fit(real, labels, folds=3)
+    good = class_consistency(probe, fake, labels)
     assert good.accuracy > 0.95 and good.real_cv_accuracy > 0.95 and set(good.per_class) == {0, 1, 2, 3}
-    bad = class_consistency(real, labels, fake, (labels + 1) % 4, folds=3)  # samples show the wrong class
+    bad = class_consistency(probe, fake, (labels + 1) % 4)  # samples show the wrong class
     assert bad.accuracy < 0.1
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_saved_probe_predicts_what_the_fitted_sklearn_pipeline_predicts(tmp_path, n_classes):
+    real, fake, labels = separable_classes(seed=1, n_classes=n_classes)
+    fake = fake * 0.3  # pull samples towards the decision boundaries, where a wrong formula would show
+    LinearProbe.fit(real, labels, folds=2).save(tmp_path / "probe.npz")
+    loaded = LinearProbe.load(tmp_path / "probe.npz")
+    assert np.array_equal(loaded.predict(fake), make_probe().fit(real, labels).predict(fake))
 
 
 def test_importance_weighted_bound_is_tighter_than_elbo():
@@ -137,3 +153,17 @@ def test_preprocessing_is_pytorch_fid_s():
     expected = 2 * torch.nn.functional.interpolate(x.float() / 255, size=(299, 299), mode="bilinear",
                                                    align_corners=False) - 1
     assert torch.equal(inception.preprocess(x), expected)
+
+
+def test_optimized_network_gives_the_shipped_torchscript_networks_features():
+    """The fused pytorch-fid-architecture network we run is the shipped file's network."""
+    from cvae_pipeline.metrics.inception_network import load_torchscript
+
+    path = inception.locate_weights()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = inception.preprocess(images)
+    with torch.inference_mode():
+        shipped = load_torchscript(path)(x)
+        ours = inception.InceptionFeatures("cpu", batch_size=2)(images, progress=False)
+    assert ours.shape == (3, inception.FEATURE_DIM)
+    np.testing.assert_allclose(ours, shipped.double().numpy(), atol=1e-4, rtol=1e-4)

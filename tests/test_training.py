@@ -170,6 +170,16 @@ def test_train_stage_tracks_one_mlflow_run_with_params_metrics_grid_and_model(tm
     predicted = mlflow.pyfunc.load_model(models[0].model_uri).predict(np.array([1, 2, 3], dtype=np.int64))
     assert predicted.shape == (3, 3, 32, 32)
 
+    # run again (e.g. `dvc repro -f` after the plots were removed): the finished checkpoint is
+    # "resumed", no epoch runs, and the DVC plots are still written
+    for plot in ("history.csv", "samples.png"):
+        (ws / "reports" / "train" / plot).unlink()
+    again = run_stage("train", ws)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from models/checkpoints/last.pt after epoch 2/2" in again.stdout
+    assert len((ws / "reports" / "train" / "history.csv").read_text().splitlines()) == 3
+    assert (ws / "reports" / "train" / "samples.png").stat().st_size > 0
+
 
 def test_bad_backbone_fails_at_once_listing_valid_ones(tmp_path):
     ws = train_workspace(tmp_path / "ws", {"backbone": "transformer"}, {})

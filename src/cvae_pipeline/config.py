@@ -108,7 +108,7 @@ class ModelParams(_Section):
 class TrainParams(_Section):
     """``train``: optimisation, schedules, regularisers, reproducibility and hardware."""
 
-    epochs: StrictInt = Field(default=10, ge=1)
+    epochs: StrictInt = Field(default=8, ge=1)
     batch_size: StrictInt = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0, le=1)
     optimizer: Literal["adam", "adamw"] = "adamw"

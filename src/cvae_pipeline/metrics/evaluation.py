@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import EvaluateParams
-from ..errors import PipelineError
-from .class_consistency import class_consistency
-from .fid import Statistics, frechet_distance
+from .class_consistency import LinearProbe, class_consistency
+from .fid import Statistics, fid_from_features, frechet_distance
 from .kid import kid
 from .precision_recall import precision_recall
 from .reference import FeatureSet
 
 
-def sample_quality(reference: FeatureSet, reference_stats: Statistics, fake: FeatureSet,
+def sample_quality(reference: FeatureSet, reference_stats: Statistics, probe: LinearProbe, fake: FeatureSet,
                    cfg: EvaluateParams) -> dict:
     """FID, KID, per-class FID/KID, class consistency and precision/recall."""
     fake_stats = Statistics.of(fake.features)
@@ -30,17 +29,11 @@ def sample_quality(reference: FeatureSet, reference_stats: Statistics, fake: Fea
             continue
         kid_mean, _ = kid(f, r, cfg.kid_subsets, min(cfg.kid_subset_size, len(f), len(r)))
         per_class[name] = {"kid": kid_mean}
-        fs, rs = Statistics.of(f), Statistics.of(r)
-        try:
-            per_class[name]["fid"] = frechet_distance(fs.mu, fs.sigma, rs.mu, rs.sigma)
-        except PipelineError as exc:  # a handful of images per class: sqrt(S1 S2) may not exist
-            print(f"warning: per-class FID of {name} left out ({exc}); use more samples per class")
+        per_class[name]["fid"] = fid_from_features(f, r)
     out["per_class"] = per_class
-    class_fids = [v["fid"] for v in per_class.values() if "fid" in v]
-    if class_fids:
-        out["per_class_fid_mean"] = float(np.mean(class_fids))
+    out["per_class_fid_mean"] = float(np.mean([v["fid"] for v in per_class.values()]))
     out["per_class_kid_mean"] = float(np.mean([v["kid"] for v in per_class.values()]))
-    probe = class_consistency(reference.features, reference.labels, fake.features, fake.labels, cfg.probe_folds)
+    probe = class_consistency(probe, fake.features, fake.labels)
     out["class_consistency"] = probe.accuracy
     out["class_consistency_real_ceiling"] = probe.real_cv_accuracy
     for label, acc in probe.per_class.items():

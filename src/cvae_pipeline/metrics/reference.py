@@ -1,8 +1,8 @@
 """Reference features: Inception features of the real split FID is measured against.
 
 Computed once by the ``fid_reference`` stage and saved with their labels, so
-per-class statistics and the class-consistency probe reuse them instead of
-running the Inception network again.
+per-class statistics reuse them instead of running the Inception network again,
+and the class-consistency probe fitted on them is saved beside them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..io import atomic_file
 
 FEATURES_FILE = "features.npz"
 STATS_FILE = "stats.npz"
+PROBE_FILE = "probe.npz"
 
 
 @dataclass
