@@ -14,7 +14,7 @@ from cvae_pipeline import tracking
 from cvae_pipeline.config import load_params
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.data.splits import stratified_subset
-from cvae_pipeline.io import write_json_atomic
+from cvae_pipeline.io import atomic_file, write_json_atomic
 from cvae_pipeline.metrics.class_consistency import LinearProbe
 from cvae_pipeline.metrics.evaluation import flatten_metrics, sample_quality
 from cvae_pipeline.metrics.fid import Statistics
@@ -30,6 +30,18 @@ REFERENCE = Path("data/fid_reference")
 SAMPLE_FEATURES = Path("data/eval/sample_features.npz")
 MODEL_FILE = Path("models/model.pt")
 METRICS = Path("reports/metrics.json")
+PER_CLASS_PLOT = Path("reports/per_class.csv")
+
+
+def write_per_class_plot(metrics: dict, path: Path) -> None:
+    """One row per class (FID, KID, class consistency): ``dvc plots diff`` draws them per experiment."""
+    import pandas as pd
+
+    rows = [{"class": name, **scores} for name, scores in metrics["per_class"].items()]
+    rows.append({"class": "all", "fid": metrics["fid"], "kid": metrics["kid_mean"],
+                 "class_consistency": metrics["class_consistency"]})
+    with atomic_file(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def main() -> None:
@@ -54,11 +66,21 @@ def main() -> None:
     metrics.update(likelihood_metrics(model, test_images, test_labels, cfg.iw_samples, device=device))
 
     write_json_atomic(METRICS, metrics)
-    with tracking.recorded_run():
-        mlflow.log_metrics(flatten_metrics(metrics))
-        mlflow.log_artifact(str(METRICS))
-        mlflow.set_tags({"fid_protocol": f"{metrics['num_samples']} samples vs {metrics['reference_images']} "
-                         f"{cfg.reference} images", **{f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}})
+    write_per_class_plot(metrics, PER_CLASS_PLOT)
+    protocol = f"{metrics['num_samples']} samples vs {metrics['reference_images']} {cfg.reference} images"
+    with tracking.recorded_run(params.mlflow.required) as run:
+        if run is not None:
+            mlflow.log_metrics(flatten_metrics(metrics))
+            mlflow.log_artifact(str(METRICS))
+            for pipeline_file in ("dvc.yaml", "dvc.lock"):  # dvc.lock as of this stage: earlier stages' hashes
+                if Path(pipeline_file).is_file():
+                    mlflow.log_artifact(pipeline_file, artifact_path="pipeline")
+            mlflow.set_tags({"fid_protocol": protocol, **{f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}})
+            info = tracking.read_run_file()
+            if params.mlflow.registered_model and info.get("model_uri"):
+                version = tracking.register_evaluated_model(params.mlflow.registered_model, info["model_uri"],
+                                                            run.info.run_id, metrics, protocol)
+                print(f"registered as model '{params.mlflow.registered_model}' version {version.version}")
     units = "bits/dim" if "test_neg_elbo_bits_per_dim" in metrics else "nats/image"
     elbo = metrics.get("test_neg_elbo_bits_per_dim", metrics.get("test_neg_elbo_nats"))
     print(f"FID {metrics['fid']:.2f}  KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}  "

@@ -36,9 +36,10 @@ def main() -> None:
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
     grid = grid_of(images, labels, len(classes))
     save_png(grid, GRID)
-    with tracking.recorded_run():
-        mlflow.log_image(grid, artifact_file="samples/final_grid.png")
-        mlflow.set_tags({f"sample.{k}": str(v) for k, v in cfg.model_dump().items()})
+    with tracking.recorded_run(params.mlflow.required) as run:
+        if run is not None:
+            mlflow.log_image(grid, artifact_file="samples/final_grid.png")
+            mlflow.set_tags({f"sample.{k}": str(v) for k, v in cfg.model_dump().items()})
     print(f"sampled {len(labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}) to {OUT_DIR}")
 
 

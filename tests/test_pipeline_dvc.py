@@ -1,5 +1,9 @@
-"""End to end as a user drives it: ``dvc repro`` and ``dvc exp run`` in a fresh git repo,
-on a tiny configuration (a few hundred images, one epoch) with the real Inception network."""
+"""End to end as a user drives it: ``dvc repro``, ``dvc exp run`` (in the workspace and queued),
+``cvae report``/``compare`` and a DVC remote, in a fresh git repo, on a tiny configuration (a few
+hundred images, one epoch) with the real Inception network.
+
+The tests share one repository (module scope) and run in file order: the baseline ``dvc repro``
+first, then experiments on top of it."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +32,10 @@ def sh(*cmd: str, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture
-def dvc_repo(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> Path:
     """A copy of the project's pipeline in a new git + DVC repo, fed a tiny archive."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", ".gitignore"):
@@ -71,7 +77,7 @@ def mlflow_runs(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
-def test_repro_then_no_op_then_experiments_rerun_only_what_changed(dvc_repo: Path):
+def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     out = sh("dvc", "repro", cwd=dvc_repo)
     for stage in ALL_STAGES:
         assert f"Running stage '{stage}'" in out
@@ -87,22 +93,68 @@ def test_repro_then_no_op_then_experiments_rerun_only_what_changed(dvc_repo: Pat
     artifacts = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "samples")}
     assert "samples/final_grid.png" in artifacts and "samples/epoch_0001.png" in artifacts
     assert (dvc_repo / "reports" / "samples" / "grid.png").is_file()
+    pipeline_files = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "pipeline")}
+    assert pipeline_files == {"pipeline/params.yaml", "pipeline/dvc.yaml", "pipeline/dvc.lock"}
+    (version,) = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
+    assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
+    assert version.description.startswith(f"FID {metrics['fid']:.2f} (50 samples vs 40 test images)")
+    per_class = (dvc_repo / "reports" / "per_class.csv").read_text().splitlines()
+    assert per_class[0].startswith("class,") and len(per_class) == 1 + len(CLASSES) + 1
 
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=dvc_repo)
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_repo))
     workspace = next(iter(metrics.values()))["data"]  # keyed "" (workspace) in DVC 3.x
     assert workspace["reports/data.json"]["data"]["train"]["images"] == 90
     assert "val_loss" in workspace["reports/train/metrics.json"]["data"]
+    plots = sh("dvc", "plots", "show", "--json", cwd=dvc_repo)
+    for plot in ("reports/per_class.csv", "reports/train/history.csv", "reports/samples/grid.png"):
+        assert plot in plots, plot
 
     sh("git", "add", "-A", cwd=dvc_repo)
     sh("git", "commit", "-qm", "baseline", cwd=dvc_repo)
+
+
+def queue_finished(repo: Path) -> bool:
+    status = sh("dvc", "queue", "status", cwd=repo)
+    return not any(word in status for word in ("Queued", "Running"))
+
+
+def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path):
+    runs_before = {r.info.run_id for r in mlflow_runs(dvc_repo)}
+    for lr in ("0.002", "0.0005"):
+        sh("dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", cwd=dvc_repo)
+    sh("dvc", "queue", "start", "-j", "2", cwd=dvc_repo)
+    deadline = time.monotonic() + 900
+    while not queue_finished(dvc_repo):
+        assert time.monotonic() < deadline, sh("dvc", "queue", "status", cwd=dvc_repo)
+        time.sleep(5)
+    status = sh("dvc", "queue", "status", cwd=dvc_repo)
+    assert "Failed" not in status, status + "\n".join(
+        sh("dvc", "queue", "logs", line.split()[1], cwd=dvc_repo) for line in status.splitlines() if "Failed" in line)
+
+    rows = walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
+    queued = {str(r["params"]["params.yaml"]["data"]["train"]["lr"]): r for r in rows
+              if r["params"]["params.yaml"]["data"]["train"]["lr"] in (0.002, 0.0005)}
+    assert set(queued) == {"0.002", "0.0005"}
+    for row in queued.values():
+        assert np.isfinite(row["metrics"]["reports/metrics.json"]["data"]["fid"])
+
+    new_runs = [r for r in mlflow_runs(dvc_repo) if r.info.run_id not in runs_before]  # the main workspace's store
+    assert sorted(r.data.params["train.lr"] for r in new_runs) == ["0.0005", "0.002"]
+    for run in new_runs:
+        assert run.info.status == "FINISHED" and "fid" in run.data.metrics
+        assert run.info.run_name == run.data.tags["dvc_experiment"]
+    assert not list((dvc_repo / ".dvc" / "tmp" / "exps").glob("*/mlflow.db"))  # no store left in temp copies
+
+
+def test_workspace_experiments_rerun_only_what_changed(dvc_repo: Path):
     out = sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=dvc_repo)
     for stage in ("train", "sample", "evaluate"):
         assert f"Running stage '{stage}'" in out
     for stage in ("download", "prepare", "fid_reference"):
         assert f"Running stage '{stage}'" not in out
     runs = mlflow_runs(dvc_repo)
-    assert len(runs) == 2 and {r.data.params["train.epochs"] for r in runs} == {"1", "2"}
+    assert sorted(r.data.params["train.epochs"] for r in runs) == ["1", "1", "1", "2"]
     named = [r for r in runs if r.data.params["train.epochs"] == "2"][0]
     assert named.data.tags.get("dvc_experiment") == named.info.run_name  # run named after the DVC experiment
 
@@ -126,3 +178,35 @@ def walk_exp_show(rows: list) -> list[dict]:
         for exp in row.get("experiments") or []:
             found.extend(walk_exp_show(exp.get("revs", [])))
     return found
+
+
+def test_report_and_compare_show_the_runs_side_by_side(dvc_repo: Path):
+    out = sh("cvae", "report", cwd=dvc_repo)
+    csv = (dvc_repo / "reports" / "compare" / "runs.csv").read_text().splitlines()
+    header = csv[0].split(",")
+    assert {"run", "FID", "KID", "class consistency", "train.lr"} <= set(header), header
+    assert "model.backbone" not in header  # equal in every run: not a difference
+    fids = [float(line.split(",")[header.index("FID")]) for line in csv[1:] if line.split(",")[header.index("FID")]]
+    assert fids == sorted(fids) and len(csv) - 1 == len(mlflow_runs(dvc_repo))
+    assert "| run" in (dvc_repo / "reports" / "compare" / "runs.md").read_text() and "FID" in out
+
+    first, second = sorted(mlflow_runs(dvc_repo), key=lambda r: r.info.start_time)[:2]
+    sh("cvae", "compare", first.info.run_id, second.info.run_name, "--out", "side.png", cwd=dvc_repo)
+    from PIL import Image
+
+    with Image.open(dvc_repo / "side.png") as side, Image.open(dvc_repo / "reports" / "samples" / "grid.png") as grid:
+        assert side.width > 2 * grid.width and side.height > grid.height
+
+
+def test_dvc_remote_push_then_pull_restores_data_and_model(dvc_repo: Path, tmp_path: Path):
+    sh("dvc", "remote", "add", "-f", "-d", "storage", str(tmp_path / "remote"), cwd=dvc_repo)
+    sh("dvc", "push", cwd=dvc_repo)
+    model = (dvc_repo / "models" / "model.pt").read_bytes()
+    shutil.rmtree(dvc_repo / ".dvc" / "cache")
+    for out in ("models/model.pt", "data/prepared", "data/fid_reference"):
+        target = dvc_repo / out
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    sh("dvc", "pull", cwd=dvc_repo)
+    assert (dvc_repo / "models" / "model.pt").read_bytes() == model
+    assert (dvc_repo / "data" / "fid_reference" / "stats.npz").is_file()
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=dvc_repo)

@@ -98,6 +98,41 @@ def cmd_kid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_name(args: argparse.Namespace) -> str:
+    if args.experiment:
+        return args.experiment
+    return load_params(args.params).mlflow.experiment if Path(args.params).is_file() else "cvae-cifar10"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Table of an experiment's MLflow runs: the params that differ, FID, KID, class consistency,
+    likelihood, train time; sorted by FID, printed, and written as Markdown and CSV."""
+    import pandas as pd
+
+    from .comparison import runs_frame, runs_table, write_report
+
+    table = runs_table(runs_frame(_experiment_name(args)))
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.precision", 4):
+        print(table.to_string(index=False))
+    markdown, csv = write_report(table, args.out_dir)
+    print(f"wrote {markdown} and {csv}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """One PNG with the final sample grids of two (or more) runs side by side."""
+    from .comparison import side_by_side
+
+    out = side_by_side(_experiment_name(args), args.runs, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_experiment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of --params)")
+    p.add_argument("--params", default=DEFAULT_PARAMS_FILE)
+
+
 def _add_image_set_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=50, help="Inception batch size (default: %(default)s)")
@@ -131,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_image_set_options(p)
     p.set_defaults(func=cmd_kid)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__.splitlines()[0], description=cmd_report.__doc__)
+    _add_experiment_options(p)
+    p.add_argument("--out-dir", type=Path, default=Path("reports/compare"), help="default: %(default)s")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help=cmd_compare.__doc__, description=cmd_compare.__doc__)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run id, unique id prefix, or run name (DVC experiment)")
+    _add_experiment_options(p)
+    p.add_argument("--out", type=Path, default=Path("reports/compare/grids.png"), help="default: %(default)s")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -139,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fid" and (len(args.paths) > 2 or (len(args.paths) == 1 and not args.save_stats)):
         parser.error("fid takes PATH_A PATH_B, or one PATH with --save-stats OUT.npz")
+    if args.command == "compare" and len(args.runs) < 2:
+        parser.error("compare takes at least two runs: RUN_A RUN_B")
     try:
         return args.func(args)
     except PipelineError as exc:

@@ -18,7 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictInt,
+    StrictBool, StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -154,6 +154,11 @@ class MlflowParams(_Section):
     """``mlflow``: where runs are grouped (the tracking URI comes from MLFLOW_TRACKING_URI)."""
 
     experiment: str = Field(default="cvae-cifar10", min_length=1)
+    registered_model: str | None = Field(
+        default="cvae-cifar10", min_length=1,
+        description="Model Registry name the evaluated model is registered under (null: do not register)")
+    required: StrictBool = Field(
+        default=True, description="false: an unreachable tracking store only warns and the stages run untracked")
 
 
 class PipelineParams(_Section):

@@ -7,7 +7,14 @@ else a SQLite file ``mlflow.db`` at the repository root with artifacts in
 and a store relative to that copy would be thrown away with it.
 
 An unreachable server fails within seconds with one line naming the URI,
-instead of MLflow's default of minutes of retries.
+instead of MLflow's default of minutes of retries — or, with ``mlflow.required:
+false``, the stage warns and goes on untracked (``models/mlflow_run.json`` then
+records no run, and later stages skip their logging too).
+
+Several stages may write the SQLite store at once (``dvc queue start -j 2``):
+creating its schema is serialised by a file lock (two first-time migrations at
+once corrupt it), and SQLite waits up to ``SQLITE_BUSY_TIMEOUT`` seconds for
+another writer instead of failing with "database is locked".
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .errors import PipelineError
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 RUN_FILE = Path("models/mlflow_run.json")
+SQLITE_BUSY_TIMEOUT = 60
 
 
 class TrackingError(PipelineError):
@@ -37,7 +45,7 @@ def project_root() -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DEFAULT_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DEFAULT_DB}?timeout={SQLITE_BUSY_TIMEOUT}"
 
 
 def _uses_default_store() -> bool:
@@ -58,10 +66,17 @@ def configure_store() -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
 
+    default_store = _uses_default_store()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        mlflow.search_experiments(max_results=1)
+        if default_store:
+            from filelock import FileLock
+
+            with FileLock(str(project_root() / f"{DEFAULT_DB}.lock"), timeout=300):
+                mlflow.search_experiments(max_results=1)  # creates/migrates the schema, once
+        else:
+            mlflow.search_experiments(max_results=1)
     except Exception as exc:  # requests/SQLAlchemy/MLflow errors all mean: the store is not usable
         raise _unreachable(uri, exc) from None
     return uri
@@ -125,11 +140,16 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def write_run_file(run_id: str, experiment_id: str, path: Path = RUN_FILE) -> None:
-    """Record the run so later stages (sample, evaluate) log into the same MLflow run."""
+def write_run_file(run_id: str | None, experiment_id: str | None, model_uri: str | None = None,
+                   path: Path = RUN_FILE) -> None:
+    """Record the run so later stages (sample, evaluate) log into the same MLflow run.
+
+    ``run_id`` None: training ran untracked (``mlflow.required: false`` and no store).
+    """
     from .io import write_json_atomic
 
-    write_json_atomic(path, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri()})
+    write_json_atomic(path, {"run_id": run_id, "experiment_id": experiment_id, "model_uri": model_uri,
+                             "tracking_uri": tracking_uri() if run_id else None})
 
 
 def read_run_file(path: Path = RUN_FILE) -> dict:
@@ -138,48 +158,33 @@ def read_run_file(path: Path = RUN_FILE) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def log_sampler_model(model, classes: list[str], name: str = "model") -> None:
-    """Log the trained CVAE as an MLflow model whose ``predict(labels)`` returns images.
-
-    Requirements are given explicitly: MLflow's inference of them would load
-    the model in a subprocess, which costs time and says nothing we don't know.
-    """
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    import torchvision
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from .models.artifact import CVAESampler
-
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
-    )
-    requirements = [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
-        f"numpy=={np.__version__}",
-    ]
-    mlflow.pytorch.log_model(
-        # pickle, not MLflow's torch.export ("pt2") default: sampling draws random latents, which
-        # an exported graph would freeze; loading needs cvae_pipeline importable, as in this venv.
-        CVAESampler(model), name=name, signature=signature, pip_requirements=requirements,
-        serialization_format="pickle",
-        metadata={"classes": list(classes), "input": "class indices (int64)", "output": "images in [0, 1]"},
-    )
+def warn_untracked(exc: Exception) -> None:
+    print(f"warning: {exc}; going on without MLflow tracking (mlflow.required is false)", flush=True)
 
 
 @contextlib.contextmanager
-def recorded_run(run_file: Path = RUN_FILE):
-    """Re-open the training's MLflow run (from ``models/mlflow_run.json``) so a later stage logs into it."""
+def recorded_run(required: bool = True, run_file: Path = RUN_FILE):
+    """Re-open the training's MLflow run (from ``models/mlflow_run.json``) so a later stage logs into it.
+
+    Yields None — the stage skips its logging — when training ran untracked, or when the store is
+    unreachable and ``required`` is False.
+    """
     import mlflow
 
     info = read_run_file(run_file)
-    configure_store()
+    if info.get("run_id") is None:
+        print("note: the training was not tracked in MLflow; nothing to log to", flush=True)
+        yield None
+        return
     try:
+        configure_store()
         run = mlflow.start_run(run_id=info["run_id"])
+    except TrackingError as exc:
+        if required:
+            raise
+        warn_untracked(exc)
+        yield None
+        return
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(
             f"MLflow run {info['run_id']} (from {run_file}) is not in {tracking_uri()} ({exc.message[:120]}); "
@@ -187,3 +192,26 @@ def recorded_run(run_file: Path = RUN_FILE):
         ) from None
     with run:
         yield run
+
+
+def register_evaluated_model(name: str, model_uri: str, run_id: str, metrics: dict, protocol: str):
+    """Register the run's logged model under ``name`` with its scores in the version's tags and
+    description; a re-evaluation of the same run updates its version instead of adding one."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    scores = {key: metrics[key] for key in ("fid", "kid_mean", "kid_std", "class_consistency", "precision",
+                                            "recall") if key in metrics}
+    tags = {key: f"{value:.6g}" for key, value in scores.items()} | {"fid_protocol": protocol}
+    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    if existing:
+        version = existing[0]
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
+    else:
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    description = (f"FID {scores['fid']:.2f} ({protocol}); KID {scores['kid_mean']:.4f} ± {scores['kid_std']:.4f}; "
+                   f"class consistency {scores['class_consistency']:.3f}; precision {scores['precision']:.3f}, "
+                   f"recall {scores['recall']:.3f}. MLflow run {run_id}.")
+    client.update_model_version(name, version.version, description=description)
+    return version

@@ -1,4 +1,4 @@
-"""The trained model as a file (``models/model.pt``) and as a callable sampler.
+"""The trained model as a file (``models/model.pt``); ``serving.py`` makes it an MLflow model.
 
 The file holds the validated model params, the class names and the weights —
 tensors and plain containers only, so it loads with ``weights_only=True`` and
@@ -10,27 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..errors import PipelineError
 from ..io import atomic_file
 from .base import BaseCVAE
-
-
-class CVAESampler(nn.Module):
-    """``labels`` int64 [N] -> images float32 [N, 3, 32, 32] in [0, 1].
-
-    This is what MLflow logs: a module whose ``forward`` generates, so the
-    logged model answers ``predict(labels)`` with images.
-    """
-
-    def __init__(self, model: BaseCVAE, temperature: float = 1.0):
-        super().__init__()
-        self.model = model
-        self.temperature = temperature
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.model.sample(labels.long().flatten(), self.temperature)
 
 
 def save_trained_model(path: Path, model: BaseCVAE, model_params: dict, classes: list[str]) -> None:

@@ -70,10 +70,12 @@ class BaseCVAE(nn.Module):
         z = self.reparameterize(mu, logvar)
         return self.decode(z, y), mu, logvar
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> ELBOTerms:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
+             forward: torch.nn.Module | None = None) -> ELBOTerms:
         """ELBO terms for a batch; ``free_bits`` (nats per latent dim, batch-averaged as in
-        Kingma et al. 2016) keeps the optimiser from collapsing dimensions early."""
-        out, mu, logvar = self(x, y)
+        Kingma et al. 2016) keeps the optimiser from collapsing dimensions early. ``forward``:
+        the module to run instead of ``self`` (a DistributedDataParallel wrapper of it)."""
+        out, mu, logvar = (forward or self)(x, y)
         nll = self.likelihood.nll(out, x)
         kl_per_dim = gaussian_kl(mu, logvar)
         kl = kl_per_dim.sum(1)

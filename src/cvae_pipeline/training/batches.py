@@ -19,27 +19,36 @@ class BatchStream:
     """Iterate ``(x float [B,3,32,32] in [0,1], y int64 [B])`` over one epoch."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
-                 shuffle: bool = True, generator: torch.Generator | None = None):
+                 shuffle: bool = True, generator: torch.Generator | None = None, rank: int = 0,
+                 world_size: int = 1):
         self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # memmap -> RAM
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
         self.generator = generator
+        # data parallel: every process draws the same permutation (same generator seed) and takes
+        # every world_size-th image of it from position rank; the tail that does not divide evenly
+        # is dropped so all processes take the same number of steps (DDP would hang otherwise)
+        self.rank, self.world_size = rank, world_size
         if device.type == "cuda":  # pinned memory: asynchronous host-to-device copies
             self.images = self.images.pin_memory()
             self.labels = self.labels.pin_memory()
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return (self.num_images + self.batch_size - 1) // self.batch_size
 
     @property
     def num_images(self) -> int:
-        return len(self.labels)
+        """Images this process sees per epoch."""
+        return len(self.labels) // self.world_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        n_all = len(self.labels)
+        order = torch.randperm(n_all, generator=self.generator) if self.shuffle else torch.arange(n_all)
+        if self.world_size > 1:
+            order = order[: self.num_images * self.world_size][self.rank :: self.world_size]
+        n = len(order)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.images[idx].to(self.device, non_blocking=True).float().div_(255.0)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ from ..errors import PipelineError
 from ..models import BaseCVAE
 from .batches import BatchStream
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Distributed, per_process_batch
 from .schedules import kl_weight, lr_factor
 
 VALIDATION_SEED = 1234  # fixed noise for the validation ELBO, so epochs are comparable
@@ -53,14 +55,16 @@ def ema_with_warmup(decay: float):
 
 class Trainer:
     def __init__(self, model: BaseCVAE, cfg: TrainParams, device: torch.device, train: PreparedSplit,
-                 val: PreparedSplit, checkpoint_path: Path, fingerprint: str):
+                 val: PreparedSplit, checkpoint_path: Path, fingerprint: str, dist: Distributed = Distributed()):
         self.model = model.to(device)
+        self.dist = dist
         self.cfg = cfg
         self.device = device
         self.checkpoint_path = Path(checkpoint_path)
         self.fingerprint = fingerprint
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed)
-        self.train_batches = BatchStream(train.images, train.labels, cfg.batch_size, device, True, self.shuffle_rng)
+        self.train_batches = BatchStream(train.images, train.labels, per_process_batch(cfg.batch_size, dist), device,
+                                         True, self.shuffle_rng, rank=dist.rank, world_size=dist.world_size)
         self.val_batches = BatchStream(val.images, val.labels, max(cfg.batch_size, 256), device, shuffle=False)
         steps_per_epoch = len(self.train_batches)
         self.total_steps = cfg.epochs * steps_per_epoch
@@ -76,6 +80,9 @@ class Trainer:
             if cfg.ema_decay is not None
             else None
         )
+        # under torchrun: DDP averages the gradients over processes in backward()
+        self.forward = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                        if dist.enabled else None)
         self.epoch = 0  # epochs completed
         self.step = 0
         self.history: list[dict] = []
@@ -144,11 +151,11 @@ class Trainer:
         seen = 0
         start = time.perf_counter()
         bar = tqdm(self.train_batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
-                   leave=False, mininterval=1.0)
+                   leave=False, mininterval=1.0, disable=not self.dist.is_main)
         for x, y in bar:
             beta = kl_weight(self.step, self.kl_warmup_steps, cfg.beta)
-            terms = self.model.loss(x, y, beta=beta, free_bits=cfg.free_bits)
-            if not torch.isfinite(terms.loss):
+            terms = self.model.loss(x, y, beta=beta, free_bits=cfg.free_bits, forward=self.forward)
+            if self.dist.any(not torch.isfinite(terms.loss).item()):  # every process stops together
                 raise TrainingError(
                     f"non-finite loss ({terms.loss.item()}) at epoch {self.epoch + 1}, step {self.step}; "
                     f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept. "
@@ -171,6 +178,8 @@ class Trainer:
             sums["kl"] += terms.kl.item() * n
             bar.set_postfix(loss=f"{sums['loss'] / seen:.1f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
+        *totals, seen = self.dist.all_reduce_sum([sums["loss"], sums["neg_elbo"], sums["nll"], sums["kl"], float(seen)])
+        sums = dict(zip(sums, totals))
         return {
             "train_loss": sums["loss"] / seen,
             "train_neg_elbo": sums["neg_elbo"] / seen,
@@ -194,7 +203,11 @@ class Trainer:
                 )
             self.epoch += 1
             self.history.append(record)
-            save_checkpoint(self.checkpoint_path, self.state())
+            if self.dist.is_main:
+                save_checkpoint(self.checkpoint_path, self.state())
+            self.dist.barrier()
+            if not self.dist.is_main:
+                continue
             print(
                 f"epoch {record['epoch']}/{self.cfg.epochs}  train loss {record['train_loss']:.1f} "
                 f"(-elbo {record['train_neg_elbo']:.1f}: nll {record['train_nll']:.1f} + kl {record['train_kl']:.1f})  "

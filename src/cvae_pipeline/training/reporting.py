@@ -54,13 +54,14 @@ class EpochReporter:
     """Called after every epoch: MLflow metrics (step = epoch), grids every N epochs, DVC files."""
 
     def __init__(self, num_classes: int, history_path: Path, grid_path: Path, sample_every: int,
-                 total_epochs: int, history: list[dict] | None = None):
+                 total_epochs: int, history: list[dict] | None = None, track: bool = True):
         self.num_classes = num_classes
         self.history_path = history_path
         self.grid_path = grid_path
         self.sample_every = sample_every
         self.total_epochs = total_epochs
         self.history: list[dict] = list(history or [])  # earlier epochs when resuming
+        self.track = track  # False: MLflow is off (mlflow.required: false, store unreachable)
 
     def __call__(self, record: dict, model: BaseCVAE) -> None:
         import mlflow
@@ -68,11 +69,13 @@ class EpochReporter:
         epoch = record["epoch"]
         self.history.append(record)
         write_history(self.history, self.history_path)
-        mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"}, step=epoch)
+        if self.track:
+            mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"}, step=epoch)
         if epoch % self.sample_every == 0 or epoch == self.total_epochs:
             grid = sample_grid(model, self.num_classes)
             save_png(grid, self.grid_path)
-            mlflow.log_image(grid, artifact_file=f"samples/epoch_{epoch:04d}.png")
+            if self.track:
+                mlflow.log_image(grid, artifact_file=f"samples/epoch_{epoch:04d}.png")
 
 
 def write_final_metrics(history: list[dict], path: Path) -> dict:

@@ -1,0 +1,129 @@
+"""The trained CVAE as an MLflow ``pyfunc`` model: class labels in, images out.
+
+``mlflow.pyfunc.load_model(uri).predict(...)`` and ``mlflow models serve`` both
+call ``CVAEGenerator.predict``. Input: class names or indices — a list, an
+array, or a DataFrame with a ``label`` column (what a served model receives from
+``{"dataframe_records": [{"label": "cat"}, {"label": 3}]}``). Optional params
+``seed`` (same seed + labels -> same images) and ``temperature`` (prior scale).
+Output: float32 images ``[N, 3, 32, 32]`` in [0, 1], the decoder's mean.
+
+A custom ``PythonModel`` rather than the ``mlflow.pytorch`` flavour, because
+the latter's ``predict`` takes a tensor only: no class names, no per-request
+seed or temperature. It is logged as a "model from code" (``mlflow_model.py``),
+so no pickled object is stored; the weights travel as the pipeline's own
+``model.pt`` (loaded with ``weights_only=True``), and this package's code rides
+along (``code_paths``), so serving needs torch, not a checkout of the project.
+A bad label raises an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which
+the scoring server answers with HTTP 400 and the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+MAX_IMAGES_PER_REQUEST = 10_000
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def parse_labels(model_input: Any, classes: list[str]) -> np.ndarray:
+    """Class names or indices (list, array, Series, or DataFrame column ``label``) -> int64 indices."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if "label" not in model_input.columns:
+            raise _bad_request(f"input needs a 'label' column (class name or index); got columns {list(model_input.columns)}")
+        values = model_input["label"].tolist()
+    elif isinstance(model_input, (pd.Series, np.ndarray, list, tuple)):
+        values = list(np.asarray(model_input, dtype=object).ravel())
+    else:
+        raise _bad_request(f"input must be class labels (names or indices), got {type(model_input).__name__}")
+    if not values:
+        raise _bad_request("no labels given: send at least one class name or index")
+    if len(values) > MAX_IMAGES_PER_REQUEST:
+        raise _bad_request(f"{len(values)} labels in one request; at most {MAX_IMAGES_PER_REQUEST}")
+    index = {name: i for i, name in enumerate(classes)}
+    out = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(classes):
+            out[i] = value
+        elif isinstance(value, str) and value in index:
+            out[i] = index[value]
+        elif isinstance(value, str) and value.strip().isdigit() and int(value) < len(classes):
+            out[i] = int(value)
+        else:
+            raise _bad_request(f"unknown class label {value!r}: use one of {classes} or an index 0-{len(classes) - 1}")
+    return out
+
+
+class CVAEGenerator(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around the pipeline's ``models/model.pt``."""
+
+    def load_context(self, context) -> None:
+        from .models.artifact import load_trained_model
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.classes = load_trained_model(Path(context.artifacts["model"]), self.device)
+
+    def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
+        params = params or {}
+        labels = parse_labels(model_input, self.classes)
+        temperature = float(params.get("temperature", 1.0))
+        if not temperature > 0:
+            raise _bad_request(f"temperature must be > 0, got {temperature}")
+        seed = params.get("seed")
+        generator = torch.Generator(device=self.device)
+        if seed is not None and int(seed) >= 0:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        with torch.inference_mode():
+            images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator)
+        return images.float().cpu().numpy()
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    # no input schema: labels arrive as a list/array ({"inputs": [...]}) or as a DataFrame with a
+    # 'label' column ({"dataframe_records": ...}); parse_labels checks either and names the problem
+    return ModelSignature(
+        inputs=None,
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
+        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("temperature", "double", 1.0)]),
+    )
+
+
+def log_generator(model_file: Path, classes: list[str], name: str = "model"):
+    """Log ``model_file`` as a pyfunc generator in the active run; returns MLflow's ModelInfo."""
+    import torchvision
+
+    package_dir = Path(__file__).resolve().parent
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        "pydantic>=2.6",
+    ]
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(package_dir / "mlflow_model.py"),  # model from code: nothing pickled
+        artifacts={"model": str(model_file)},
+        code_paths=[str(package_dir)],
+        signature=signature(),
+        input_example=list(classes[:2]),
+        pip_requirements=requirements,
+        metadata={"classes": list(classes), "input": "class names or indices (column 'label')",
+                  "params": "seed (int, -1 = random), temperature (float)", "output": "float32 images [N,3,32,32] in [0,1]"},
+    )

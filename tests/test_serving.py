@@ -1,0 +1,135 @@
+"""The logged model as users call it: ``mlflow.pyfunc.load_model`` and a real ``mlflow models serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from archives import CLASSES
+from conftest import clean_env
+from mlflow.exceptions import MlflowException
+
+from cvae_pipeline.config import ModelParams
+from cvae_pipeline.models import build_model
+from cvae_pipeline.models.artifact import save_trained_model
+from cvae_pipeline.serving import log_generator, parse_labels
+
+BIN = Path(sys.executable).parent
+
+
+def test_labels_are_names_indices_or_a_label_column():
+    assert parse_labels(["cat", 9, "0", np.int64(2)], CLASSES).tolist() == [3, 9, 0, 2]
+    assert parse_labels(pd.DataFrame({"label": ["ship", 1]}), CLASSES).tolist() == [8, 1]
+    assert parse_labels(np.array([4, 5]), CLASSES).tolist() == [4, 5]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["dragon"], "unknown class label 'dragon'"),
+    ([10], "unknown class label 10"),
+    ([-1], "unknown class label -1"),
+    ([True], "unknown class label True"),
+    ([], "no labels given"),
+    (pd.DataFrame({"klass": ["cat"]}), "needs a 'label' column"),
+    ("cat", "must be class labels"),
+])
+def test_bad_labels_name_the_problem(bad, message):
+    with pytest.raises(MlflowException, match=message):
+        parse_labels(bad, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def logged_model(tmp_path_factory) -> tuple[str, str]:
+    """(tracking URI, model URI) of a tiny CVAE logged as the pipeline logs it."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    params = ModelParams(backbone="mlp", width=16, latent_dim=4)
+    save_trained_model(root / "model.pt", build_model(params, len(CLASSES)), params.model_dump(), CLASSES)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_generator(root / "model.pt", CLASSES)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return uri, info.model_uri
+
+
+def test_pyfunc_generates_seeded_images_for_names_and_indices(logged_model):
+    uri, model_uri = logged_model
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    images = model.predict(["cat", 3, "truck"], params={"seed": 7})
+    assert images.shape == (3, 3, 32, 32) and images.dtype == np.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert np.array_equal(images, model.predict(["cat", 3, "truck"], params={"seed": 7}))
+    # the name and the index mean the same class
+    assert np.array_equal(model.predict(["cat"], params={"seed": 7}), model.predict([3], params={"seed": 7}))
+    assert not np.array_equal(images, model.predict(["cat", 3, "truck"], params={"seed": 8}))
+    cold = model.predict(["cat"], params={"seed": 7, "temperature": 0.01})
+    assert not np.array_equal(cold[0], images[0])
+    with pytest.raises(MlflowException, match="temperature must be > 0"):
+        model.predict(["cat"], params={"temperature": 0.0})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_labels_with_images_and_bad_requests_with_400(logged_model, tmp_path):
+    uri, model_uri = logged_model
+    port = free_port()
+    env = clean_env(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server did not come up in 120 s"
+            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = post(url, {"inputs": ["cat", 1], "params": {"seed": 1}})
+        assert status == 200, body
+        assert np.asarray(body["predictions"]).shape == (2, 3, 32, 32)
+        status, body = post(url, {"dataframe_records": [{"label": "ship"}], "params": {"temperature": 0.5}})
+        assert status == 200 and np.asarray(body["predictions"]).shape == (1, 3, 32, 32)
+        status, body = post(url, {"inputs": ["dragon"]})
+        assert 400 <= status < 500 and "unknown class label 'dragon'" in body.get("message", ""), (status, body)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
