@@ -44,9 +44,12 @@ def runs_frame(experiment: str) -> pd.DataFrame:
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: name, the params that differ between runs, the scores; sorted by FID."""
+    """One row per run: name, the params that differ between runs, the scores; sorted by FID.
+
+    A param missing from some runs (logged by a later version of the pipeline) differs only if
+    the runs that have it disagree on it."""
     params = [c for c in runs.columns if c.startswith("params.")]
-    differing = [c for c in params if runs[c].astype(str).nunique(dropna=False) > 1]
+    differing = [c for c in params if runs[c].dropna().astype(str).nunique() > 1]
     table = pd.DataFrame({
         "run": runs.get("tags.mlflow.runName", pd.Series([""] * len(runs))).fillna(""),
         "run_id": runs["run_id"].str[:8],
