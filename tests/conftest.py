@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,44 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/archives.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+BIN = Path(sys.executable).parent  # the venv's console scripts: dvc, mlflow, cvae
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], ready_url: str, log_path: Path, env: dict[str, str],
+                   timeout: float = 120) -> Iterator[subprocess.Popen]:
+    """Start a real server process, wait until ``ready_url`` answers 200, stop it afterwards.
+
+    Fails with the tail of its log if it exits or does not come up within ``timeout`` seconds.
+    """
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{command[:3]} did not come up in {timeout:.0f} s"
+                time.sleep(1)
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def write_params(directory: Path, sources: list[dict], **prepare) -> Path:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import pytest
 import yaml
 import numpy as np
 from archives import CLASSES, make_image_folder_archive, sha256
-from conftest import REPO, clean_env, write_params
+from conftest import BIN, REPO, clean_env, write_params
 
-BIN = Path(sys.executable).parent
 ALL_STAGES = ("download", "prepare", "fid_reference", "train", "sample", "evaluate")
 
 

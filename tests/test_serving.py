@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from archives import CLASSES
-from conftest import clean_env
+from conftest import BIN, clean_env, free_port, running_server
 from mlflow.exceptions import MlflowException
 
 from cvae_pipeline.config import ModelParams
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.artifact import save_trained_model
 from cvae_pipeline.serving import log_generator, parse_labels
-
-BIN = Path(sys.executable).parent
-
 
 def test_labels_are_names_indices_or_a_label_column():
     assert parse_labels(["cat", 9, "0", np.int64(2)], CLASSES).tolist() == [3, 9, 0, 2]
@@ -83,12 +75,6 @@ def test_pyfunc_generates_seeded_images_for_names_and_indices(logged_model):
         model.predict(["cat"], params={"temperature": 0.0})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
@@ -103,21 +89,9 @@ def test_mlflow_models_serve_answers_labels_with_images_and_bad_requests_with_40
     uri, model_uri = logged_model
     port = free_port()
     env = clean_env(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server did not come up in 120 s"
-            time.sleep(1)
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port)]
+    with running_server(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env):
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = post(url, {"inputs": ["cat", 1], "params": {"seed": 1}})
         assert status == 200, body
@@ -126,10 +100,3 @@ def test_mlflow_models_serve_answers_labels_with_images_and_bad_requests_with_40
         assert status == 200 and np.asarray(body["predictions"]).shape == (1, 3, 32, 32)
         status, body = post(url, {"inputs": ["dragon"]})
         assert 400 <= status < 500 and "unknown class label 'dragon'" in body.get("message", ""), (status, body)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import functools
 import http.server
-import socket
 import threading
 from pathlib import Path
 
 import pytest
 from archives import make_image_folder_archive, md5, sha256
+from conftest import free_port
 
 from cvae_pipeline.config import DataSource
 from cvae_pipeline.data.sources import acquire_archive, resolve_local_path
@@ -71,9 +71,7 @@ def test_download_with_wrong_checksum_leaves_no_partial_file(archive, http_serve
 
 
 def test_unreachable_url_and_missing_file_are_both_reported(tmp_path):
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     sources = [
         DataSource(uri=str(tmp_path / "nowhere.tar.gz"), md5="0" * 32),
         DataSource(uri=f"http://127.0.0.1:{port}/cifar.tar.gz", md5="0" * 32),

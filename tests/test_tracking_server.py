@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import clean_env, run_stage, train_workspace
+from conftest import BIN, clean_env, free_port, run_stage, running_server, train_workspace
 
-BIN = Path(sys.executable).parent
 TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4}
 TINY_TRAIN = {"epochs": 1, "batch_size": 64}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
@@ -40,33 +29,12 @@ def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` (SQLite backend, proxied artifacts) on a free loopback port."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-        env=clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"), stdout=log, stderr=subprocess.STDOUT,
-    )
+    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not come up in 120 s"
-            time.sleep(1)
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    with running_server(command, f"{base}/health", root / "server.log", env):
         yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.mark.slow
