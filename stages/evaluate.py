@@ -4,6 +4,8 @@ to ``reports/metrics.json`` and logged to the training's MLflow run."""
 
 from __future__ import annotations
 
+import _src_path  # noqa: F401  (this checkout's src/, also in a queued experiment's copy)
+
 import json
 from pathlib import Path
 
@@ -65,9 +67,14 @@ def main() -> None:
         test_images, test_labels = test_images[idx], test_labels[idx]
     metrics.update(likelihood_metrics(model, test_images, test_labels, cfg.iw_samples, device=device))
 
+    sampling_file = SAMPLES / "sampling.json"  # what the scored images are: latents from where, mean or draw
+    if sampling_file.is_file():
+        metrics["samples"] = json.loads(sampling_file.read_text())
     write_json_atomic(METRICS, metrics)
     write_per_class_plot(metrics, PER_CLASS_PLOT)
     protocol = f"{metrics['num_samples']} samples vs {metrics['reference_images']} {cfg.reference} images"
+    if "samples" in metrics:
+        protocol += f" ({metrics['samples']['images']}, {metrics['samples']['latents']})"
     with tracking.recorded_run(params.mlflow.required) as run:
         if run is not None:
             mlflow.log_metrics(flatten_metrics(metrics))
@@ -76,6 +83,8 @@ def main() -> None:
                 if Path(pipeline_file).is_file():
                     mlflow.log_artifact(pipeline_file, artifact_path="pipeline")
             mlflow.set_tags({"fid_protocol": protocol, **{f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}})
+            if "samples" in metrics:
+                mlflow.set_tags({f"samples.{k}": str(v) for k, v in metrics["samples"].items()})
             info = tracking.read_run_file()
             if params.mlflow.registered_model and info.get("model_uri"):
                 version = tracking.register_evaluated_model(params.mlflow.registered_model, info["model_uri"],

@@ -1,8 +1,12 @@
 """Stage ``sample``: ``sample.per_class`` images of every class from the trained model (seeded,
 ``sample.temperature``), saved as uint8 arrays + labels, with a class-by-row grid kept as a DVC plot
-and logged to the training's MLflow run."""
+and logged to the training's MLflow run. Latents come from the model's prior or, with
+``sample.latents: gmm``, from per-class Gaussian mixtures fitted here on the encoded training set;
+images are the decoder's mean or, with ``sample.decoder_output: sample``, draws from the likelihood."""
 
 from __future__ import annotations
+
+import _src_path  # noqa: F401  (this checkout's src/, also in a queued experiment's copy)
 
 import json
 from pathlib import Path
@@ -12,15 +16,18 @@ import numpy as np
 
 from cvae_pipeline import tracking
 from cvae_pipeline.config import load_params
+from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.io import atomic_directory
 from cvae_pipeline.models.artifact import load_trained_model
-from cvae_pipeline.sampling import generate, grid_of
+from cvae_pipeline.models.expost import ClassGMM, encode_dataset
+from cvae_pipeline.sampling import DECODER_OUTPUT_MEANING, generate, grid_of
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.training.reporting import save_png
 from cvae_pipeline.training.runtime import resolve_device
 
 MODEL_FILE = Path("models/model.pt")
 OUT_DIR = Path("data/samples")
+PREPARED_DIR = Path("data/prepared")
 GRID = Path("reports/samples/grid.png")
 
 
@@ -29,18 +36,32 @@ def main() -> None:
     params = load_params(args.params)
     cfg = params.sample
     model, classes = load_trained_model(MODEL_FILE, resolve_device(params.train.device))
-    images, labels = generate(model, len(classes), cfg.per_class, cfg.temperature, cfg.seed, cfg.batch_size)
+    gmm = None
+    if cfg.latents == "gmm":
+        train = load_prepared(PREPARED_DIR, "train")
+        latents = encode_dataset(model, train.images, train.labels, cfg.batch_size)
+        gmm = ClassGMM.fit(latents, train.labels, len(classes), cfg.gmm_components, cfg.seed)
+        print(f"fitted {cfg.gmm_components}-component GMMs per class on {len(latents)} encoded training images")
+    images, labels = generate(model, len(classes), cfg.per_class, cfg.temperature, cfg.seed, cfg.batch_size,
+                              latents=gmm, decoder_output=cfg.decoder_output)
+    sampling = {"latents": "model prior" if gmm is None else f"ex-post GMM ({cfg.gmm_components} per class)",
+                "images": DECODER_OUTPUT_MEANING[cfg.decoder_output], "temperature": cfg.temperature}
     with atomic_directory(OUT_DIR) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", labels)
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+        (tmp / "sampling.json").write_text(json.dumps(sampling) + "\n")
+        if gmm is not None:
+            gmm.save(tmp / "latent_gmm.npz")
     grid = grid_of(images, labels, len(classes))
     save_png(grid, GRID)
     with tracking.recorded_run(params.mlflow.required) as run:
         if run is not None:
             mlflow.log_image(grid, artifact_file="samples/final_grid.png")
             mlflow.set_tags({f"sample.{k}": str(v) for k, v in cfg.model_dump().items()})
-    print(f"sampled {len(labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}) to {OUT_DIR}")
+            mlflow.set_tags({"samples.latents": sampling["latents"], "samples.images": sampling["images"]})
+    print(f"sampled {len(labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}, "
+          f"{sampling['latents']}, {sampling['images']}) to {OUT_DIR}")
 
 
 if __name__ == "__main__":

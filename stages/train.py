@@ -6,6 +6,8 @@ Data-parallel on several GPUs/processes/nodes: ``torchrun --nproc_per_node=N sta
 
 from __future__ import annotations
 
+import _src_path  # noqa: F401  (this checkout's src/, also in a queued experiment's copy)
+
 import contextlib
 import copy
 import os

@@ -35,7 +35,7 @@ def test_shapes_backward_and_finite_loss(backbone, likelihood, conditioning):
     torch.manual_seed(0)
     model = build_model(small(backbone, likelihood, conditioning), num_classes=10)
     x, y = batch()
-    mu, logvar = model.encode(x, y)
+    mu, logvar, _ = model.encode(x, y)
     assert mu.shape == logvar.shape == (6, 8)
     assert model.decode(mu, y).shape == (6, 3, 32, 32)
     terms = model.loss(x, y, beta=0.5, free_bits=0.1)
@@ -71,7 +71,7 @@ def test_loss_matches_hand_computation_mlp_bernoulli():
 
     torch.manual_seed(42)
     with torch.no_grad():
-        mu, logvar = model.encode(x, y)
+        mu, logvar, _ = model.encode(x, y)
         eps = torch.randn_like(mu)
         z = mu + eps * torch.exp(0.5 * logvar)
         p = torch.sigmoid(model.decode(z, y)).double()
@@ -91,7 +91,7 @@ def test_free_bits_clamps_batch_mean_kl_per_dimension():
     plain = model.loss(x, y, beta=1.0, free_bits=0.0)
     torch.manual_seed(1)
     with torch.no_grad():
-        mu, logvar = model.encode(x, y)
+        mu, logvar, _ = model.encode(x, y)
     per_dim = gaussian_kl(mu, logvar).mean(0)
     torch.manual_seed(1)
     clamped = model.loss(x, y, beta=1.0, free_bits=5.0)

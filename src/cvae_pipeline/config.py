@@ -92,17 +92,31 @@ class PrepareParams(_Section):
 Backbone = Literal["mlp", "conv", "resnet"]
 
 
+class FlowParams(_Section):
+    """``model.flow``: normalizing flows in the latent space (see ``models/flows.py``)."""
+
+    posterior: Literal["none", "planar", "iaf"] = Field(
+        default="none", description="flow on q(z|x,y): none | planar (Rezende & Mohamed) | iaf (Kingma et al.)")
+    steps: StrictInt = Field(default=4, ge=1, le=64, description="steps of the posterior flow")
+    hidden: StrictInt = Field(default=256, ge=4, le=4096, description="hidden units of IAF's MADE / the prior's couplings")
+    prior_steps: StrictInt = Field(default=4, ge=1, le=64, description="RealNVP couplings of model.prior=flow")
+
+
 class ModelParams(_Section):
-    """``model``: which CVAE, how big, how conditioned, which likelihood."""
+    """``model``: which CVAE, how big, how conditioned, which latent flows and prior, which likelihood."""
 
     backbone: Backbone = "resnet"
     latent_dim: StrictInt = Field(default=64, ge=1, le=4096)
     width: StrictInt = Field(default=32, ge=4, le=2048, description="hidden units (mlp) / base channels")
     blocks: StrictInt = Field(default=1, ge=0, le=8, description="residual blocks per resolution (resnet)")
     conditioning: Literal["concat", "film"] = "film"
-    likelihood: Literal["bernoulli", "gaussian"] = "gaussian"
-    gaussian_variance: Literal["fixed", "learned"] = "learned"
+    prior: Literal["standard", "flow"] = Field(
+        default="standard", description="p(z|y): standard N(0, I) | flow (class-conditional RealNVP, trained jointly)")
+    flow: FlowParams = FlowParams()
+    likelihood: Literal["bernoulli", "gaussian", "logistic_mixture"] = "gaussian"
+    gaussian_variance: Literal["fixed", "learned", "pixel"] = "learned"
     gaussian_std: float = Field(default=0.1, gt=0, le=1, description="fixed std, or the learned std's start")
+    mixtures: StrictInt = Field(default=10, ge=1, le=64, description="components of likelihood=logistic_mixture")
 
 
 class TrainParams(_Section):
@@ -130,7 +144,12 @@ class SampleParams(_Section):
     """``sample``: the generated set that ``evaluate`` scores."""
 
     per_class: StrictInt = Field(default=100, ge=2, description="images generated per class")
-    temperature: float = Field(default=1.0, ge=0, description="std of the prior draw z ~ N(0, t^2 I)")
+    temperature: float = Field(default=1.0, ge=0, description="std of the prior's base draw (GMM: of its components)")
+    latents: Literal["prior", "gmm"] = Field(
+        default="prior", description="z from the model's prior, or a per-class GMM fitted ex post on the encoded train set")
+    gmm_components: StrictInt = Field(default=10, ge=1, le=256, description="components per class of latents=gmm")
+    decoder_output: Literal["mean", "sample"] = Field(
+        default="mean", description="the decoder's mean image, or a draw from the likelihood")
     seed: StrictInt = Field(default=0, ge=0)
     batch_size: StrictInt = Field(default=500, ge=1)
 

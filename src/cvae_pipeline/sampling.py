@@ -11,6 +11,10 @@ import torch
 from tqdm import tqdm
 
 from .models import BaseCVAE
+from .models.base import LatentSampler
+
+#: what the images of ``decoder_output`` are, as said in the metrics and the MLflow run
+DECODER_OUTPUT_MEANING = {"mean": "decoder mean", "sample": "draw from the likelihood"}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -19,8 +23,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(model: BaseCVAE, num_classes: int, per_class: int, temperature: float = 1.0, seed: int = 0,
-             batch_size: int = 500, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``per_class`` images of every class, class-major order: (uint8 [N,3,32,32], int64 [N])."""
+             batch_size: int = 500, progress: bool = True, latents: LatentSampler | None = None,
+             decoder_output: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` images of every class, class-major order: (uint8 [N,3,32,32], int64 [N]).
+    ``latents``: draw z from this instead of the model's prior (an ex-post ``ClassGMM``)."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -29,7 +35,8 @@ def generate(model: BaseCVAE, num_classes: int, per_class: int, temperature: flo
     for start in tqdm(range(0, len(labels), batch_size), desc="sample", unit="batch", mininterval=2.0,
                       disable=not progress):
         batch = labels[start : start + batch_size].to(device)
-        chunks.append(to_uint8(model.sample(batch, temperature=temperature, generator=generator)))
+        chunks.append(to_uint8(model.sample(batch, temperature=temperature, generator=generator, latents=latents,
+                                              decoder_output=decoder_output)))
     return np.concatenate(chunks), labels.numpy().astype(np.int64)
 
 

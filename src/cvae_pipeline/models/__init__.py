@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from .base import BaseCVAE, ELBOTerms
 from .conv import ConvCVAE
+from .flows import FlowPrior, PosteriorFlow
 from .likelihoods import build_likelihood
 from .mlp import MLPCVAE
 from .resnet import ResNetCVAE
@@ -20,8 +21,14 @@ BACKBONES: dict[str, Callable[..., BaseCVAE]] = {
 
 def build_model(cfg, num_classes: int) -> BaseCVAE:
     """Instantiate the model that ``cfg`` (a validated ``ModelParams``) describes."""
-    likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_variance, cfg.gaussian_std)
-    kwargs = dict(width=cfg.width, conditioning=cfg.conditioning)
+    likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_variance, cfg.gaussian_std, cfg.mixtures)
+    flow = cfg.flow
+    context_dim = cfg.latent_dim  # the encoder's context for the posterior flow
+    kwargs = dict(width=cfg.width, conditioning=cfg.conditioning, context_dim=context_dim)
+    if flow.posterior != "none":
+        kwargs["posterior_flow"] = PosteriorFlow(flow.posterior, flow.steps, cfg.latent_dim, context_dim, flow.hidden)
+    if cfg.prior == "flow":
+        kwargs["prior"] = FlowPrior(cfg.latent_dim, num_classes, flow.prior_steps, flow.hidden)
     if cfg.backbone == "resnet":
         kwargs["blocks"] = cfg.blocks
     return BACKBONES[cfg.backbone](num_classes, cfg.latent_dim, likelihood, **kwargs)

@@ -19,8 +19,8 @@ from .likelihoods import Likelihood
 
 class ConvCVAE(BaseCVAE):
     def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood, width: int = 64,
-                 conditioning: str = "film", embed_dim: int = 64):
-        super().__init__(num_classes, latent_dim, likelihood)
+                 conditioning: str = "film", embed_dim: int = 64, **latent):
+        super().__init__(num_classes, latent_dim, likelihood, **latent)
         self.conditioning = conditioning
         film = conditioning == "film"
         extra = 0 if film else num_classes
@@ -33,7 +33,7 @@ class ConvCVAE(BaseCVAE):
             self.enc_convs.append(nn.Conv2d(c_in, c, 4, stride=2, padding=1))
             self.enc_norms.append(nn.GroupNorm(groups_for(c), c))
             c_in = c
-        self.enc_out = nn.Linear(self.top * 16 + extra, 2 * latent_dim)
+        self.enc_out = nn.Linear(self.top * 16 + extra, self.encoder_outputs)
         self.dec_in = nn.Linear(latent_dim + extra, self.top * 16)
         self.dec_convs = nn.ModuleList()
         self.dec_norms = nn.ModuleList()
@@ -57,8 +57,7 @@ class ConvCVAE(BaseCVAE):
         h = h.flatten(1)
         if not film:
             h = torch.cat([h, one_hot(y, self.num_classes)], dim=1)
-        mu, logvar = self.enc_out(h).chunk(2, dim=1)
-        return mu, logvar
+        return self.posterior_from(self.enc_out(h))
 
     def decode(self, z, y):
         film = self.conditioning == "film"

@@ -13,22 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import IMAGE_DIM, IMAGE_SHAPE, BaseCVAE
+from .base import IMAGE_DIM, IMAGE_PIXELS, IMAGE_SHAPE, BaseCVAE, Posterior
 from .layers import FiLM, one_hot
 from .likelihoods import Likelihood
 
 
 class MLPCVAE(BaseCVAE):
     def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood, width: int = 128,
-                 conditioning: str = "concat"):
-        super().__init__(num_classes, latent_dim, likelihood)
+                 conditioning: str = "concat", **latent):
+        super().__init__(num_classes, latent_dim, likelihood, **latent)
         self.conditioning = conditioning
         concat = num_classes if conditioning == "concat" else 0
         self.enc_hidden = nn.Linear(IMAGE_DIM + concat, width)
         self.enc_mu = nn.Linear(width, latent_dim)
         self.enc_logvar = nn.Linear(width, latent_dim)
+        self.enc_context = nn.Linear(width, self.context_dim) if self.context_dim else None
         self.dec_hidden = nn.Linear(latent_dim + concat, width)
-        self.dec_out = nn.Linear(width, IMAGE_DIM * likelihood.channels_per_colour)
+        self.dec_out = nn.Linear(width, IMAGE_PIXELS * likelihood.out_channels)
         if conditioning == "film":
             self.embed = nn.Embedding(num_classes, width)
             self.enc_film = FiLM(width, width)
@@ -41,7 +42,8 @@ class MLPCVAE(BaseCVAE):
 
     def encode(self, x, y):
         h = self._hidden(self.enc_hidden, "enc_film", x.flatten(1), y)
-        return self.enc_mu(h), self.enc_logvar(h)
+        context = self.enc_context(h) if self.enc_context is not None else None
+        return Posterior(self.enc_mu(h), self.enc_logvar(h), context)
 
     def decode(self, z, y):
         h = self._hidden(self.dec_hidden, "dec_film", z, y)

@@ -20,8 +20,8 @@ from .likelihoods import Likelihood
 
 class ResNetCVAE(BaseCVAE):
     def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood, width: int = 32,
-                 conditioning: str = "film", embed_dim: int = 64, blocks: int = 1):
-        super().__init__(num_classes, latent_dim, likelihood)
+                 conditioning: str = "film", embed_dim: int = 64, blocks: int = 1, **latent):
+        super().__init__(num_classes, latent_dim, likelihood, **latent)
         self.conditioning = conditioning
         film = conditioning == "film"
         cond = embed_dim if film else None
@@ -38,7 +38,7 @@ class ResNetCVAE(BaseCVAE):
         self.enc8 = nn.ModuleList(ResBlock(c3, cond) for _ in range(blocks))
         self.enc_norm = CondGroupNorm(c3, cond)
         self.down3 = nn.Conv2d(c3, c3, 4, stride=2, padding=1)
-        self.enc_out = nn.Linear(c3 * 16 + extra, 2 * latent_dim)
+        self.enc_out = nn.Linear(c3 * 16 + extra, self.encoder_outputs)
         # decoder: 4 -> 8 -> 16 -> 32
         self.dec_in = nn.Linear(latent_dim + extra, c3 * 16)
         self.up1 = nn.ConvTranspose2d(c3, c3, 4, stride=2, padding=1)
@@ -65,8 +65,7 @@ class ResNetCVAE(BaseCVAE):
         h = self.down3(F.silu(self.enc_norm(h, e))).flatten(1)
         if e is None:
             h = torch.cat([h, one_hot(y, self.num_classes)], dim=1)
-        mu, logvar = self.enc_out(h).chunk(2, dim=1)
-        return mu, logvar
+        return self.posterior_from(self.enc_out(h))
 
     def decode(self, z, y):
         e = self._embed(y)
