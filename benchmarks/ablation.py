@@ -26,7 +26,7 @@ import sys
 #: the short protocol shared by every ablation row
 ABLATION = [
     "train.epochs=1", "train.warmup_epochs=0.1", "train.kl_warmup_epochs=0.3",
-    "sample.per_class=200", "evaluate.likelihood_images=2000", "evaluate.iw_samples=8",
+    "sample.per_class=200", "sample.latents=prior", "evaluate.likelihood_images=2000", "evaluate.iw_samples=8",
     "mlflow.experiment=cvae-ablation", "mlflow.registered_model=null",
 ]
 
@@ -34,7 +34,7 @@ ABLATION = [
 CLASSIC = ["model.backbone=mlp", "model.width=128", "model.latent_dim=32", "model.conditioning=concat",
            "model.likelihood=bernoulli"]
 
-#: row name -> overrides on top of params.yaml (the conv default) and ABLATION
+#: row name -> overrides on top of params.yaml (the conv default) and ABLATION (a row's value wins)
 ROWS: dict[str, list[str]] = {
     "mlp": CLASSIC,
     "conv": [],
@@ -51,9 +51,17 @@ ROWS: dict[str, list[str]] = {
 
 #: FID-10k rows (full training budget of params.yaml), in the main MLflow experiment
 HEADLINE: dict[str, list[str]] = {
-    "baseline": CLASSIC + ["sample.per_class=1000"],
+    "baseline": CLASSIC + ["sample.per_class=1000", "sample.latents=prior"],
     "default": ["sample.per_class=1000"],
 }
+
+
+def merged(*overrides: list[str]) -> list[str]:
+    """``key=value`` lists combined, a later list's value winning for the same key."""
+    out: dict[str, str] = {}
+    for items in overrides:
+        out.update(item.split("=", 1) for item in items)
+    return [f"{key}={value}" for key, value in out.items()]
 
 
 def queue(name: str, overrides: list[str], dry_run: bool) -> None:
@@ -67,17 +75,19 @@ def queue(name: str, overrides: list[str], dry_run: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(ROWS), help="queue only these ablation rows")
+    parser.add_argument("--only", nargs="+", choices=sorted(ROWS.keys() | HEADLINE.keys()),
+                        help="queue only these rows")
     parser.add_argument("--headline", action="store_true", help="queue the FID-10k headline rows instead")
     parser.add_argument("--prefix", default="", help="prefix of the experiment names (default: abl-/head-)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.headline:
         for name, overrides in HEADLINE.items():
-            queue(f"{args.prefix or 'head-'}{name}", overrides, args.dry_run)
+            if args.only is None or name in args.only:
+                queue(f"{args.prefix or 'head-'}{name}", overrides, args.dry_run)
     else:
         for name in args.only or ROWS:
-            queue(f"{args.prefix or 'abl-'}{name}", ABLATION + ROWS[name], args.dry_run)
+            queue(f"{args.prefix or 'abl-'}{name}", merged(ABLATION, ROWS[name]), args.dry_run)
     print("now: dvc queue start -j 1   (then `dvc queue status`, `cvae report --experiment cvae-ablation`)")
     return 0
 
