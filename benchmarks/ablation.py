@@ -11,7 +11,8 @@ prints the table. The headline rows (``--headline``) use the full training budge
     python benchmarks/ablation.py --only mlp conv # queue some
     python benchmarks/ablation.py --headline      # queue the FID-10k baseline and default rows
     dvc queue start -j 1                          # one at a time: two heavy runs slow each other 5-10x
-    cvae report --experiment cvae-ablation        # the table (reports/compare/runs.md)
+    python benchmarks/ablation.py --table         # the README's tables, from the MLflow runs
+    cvae report --experiment cvae-ablation        # every run, every differing param
 
 Queued experiments snapshot the workspace when they are queued; run this from a clean checkout
 of the commit whose numbers you want.
@@ -73,6 +74,43 @@ def queue(name: str, overrides: list[str], dry_run: bool) -> None:
         subprocess.run(cmd, check=True)
 
 
+#: table columns: MLflow metric -> header
+COLUMNS = {
+    "fid": "FID", "kid_mean": "KID", "class_consistency": "class consistency", "precision": "precision",
+    "recall": "recall", "test_neg_elbo_bits_per_dim": "-ELBO bits/dim", "test_iw_bound_bits_per_dim": "IW bits/dim",
+    "test_neg_elbo_nats": "-ELBO nats", "final_train_seconds": "train s",
+}
+
+
+def results_table(experiment: str, names: list[str]) -> str:
+    """A markdown table of the newest finished run of each name that has been evaluated, in ``names`` order."""
+    import mlflow
+
+    from cvae_pipeline import tracking
+
+    tracking.configure_store()
+    found = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.MlflowClient().search_runs([found.experiment_id], max_results=5000) if found else []
+    newest = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        if run.info.status == "FINISHED" and "fid" in run.data.metrics:
+            newest[run.info.run_name] = run
+    lines = ["| row | " + " | ".join(COLUMNS.values()) + " | samples |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for name in names:
+        run = newest.get(name)
+        if run is None:
+            lines.append(f"| {name} | not run |" + " |" * len(COLUMNS))
+            continue
+        m = run.data.metrics
+        cells = []
+        for key in COLUMNS:
+            value = m.get(key)
+            cells.append("—" if value is None else f"{value:.0f}" if key == "final_train_seconds"
+                         else f"{value:.2f}" if key in ("fid", "test_neg_elbo_nats") else f"{value:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {run.data.tags.get('samples.latents', 'model prior')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(ROWS.keys() | HEADLINE.keys()),
@@ -80,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headline", action="store_true", help="queue the FID-10k headline rows instead")
     parser.add_argument("--prefix", default="", help="prefix of the experiment names (default: abl-/head-)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--table", action="store_true", help="print the results as markdown tables instead")
     args = parser.parse_args(argv)
+    if args.table:
+        print(f"Ablation ({', '.join(ABLATION[:6])}):\n")
+        print(results_table("cvae-ablation", [f"{args.prefix or 'abl-'}{name}" for name in ROWS]))
+        print("\nHeadline (params.yaml's training budget, FID-10k):\n")
+        print(results_table("cvae-cifar10", [f"{args.prefix or 'head-'}{name}" for name in HEADLINE]))
+        return 0
     if args.headline:
         for name, overrides in HEADLINE.items():
             if args.only is None or name in args.only:

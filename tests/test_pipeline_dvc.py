@@ -46,7 +46,7 @@ def dvc_repo(tmp_path_factory) -> Path:
     text = yaml.safe_load(params.read_text())
     text["model"].update(backbone="mlp", width=32, latent_dim=8)
     text["train"].update(epochs=1, batch_size=32)
-    text["sample"].update(per_class=5)
+    text["sample"].update(per_class=5, gmm_components=2)
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
     params.write_text(yaml.safe_dump(text, sort_keys=False))
     sh("git", "init", "-q", cwd=repo)
@@ -165,6 +165,19 @@ def test_workspace_experiments_rerun_only_what_changed(dvc_repo: Path):
         if e["params"]["params.yaml"]["data"]["prepare"]["train_subset"] == 20
     ]
     assert experiments and experiments[0]["metrics"]["reports/data.json"]["data"]["train"]["images"] == 20
+
+
+def test_posterior_flow_experiment_trains_and_evaluates(dvc_repo: Path):
+    """The command a user types to try an inverse autoregressive flow on the posterior."""
+    out = sh("dvc", "exp", "run", "-S", "model.flow.posterior=iaf", "-S", "model.flow.steps=4", cwd=dvc_repo)
+    for stage in ("train", "sample", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
+    assert np.isfinite(metrics["fid"]) and np.isfinite(metrics["test_iw_bound_nats"])
+    assert metrics["samples"] == {"latents": "ex-post GMM (2 per class)", "images": "decoder mean", "temperature": 1.0}
+    (run,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
+    assert run.data.params["model.flow.steps"] == "4" and "fid" in run.data.metrics
+    assert run.data.tags["samples.images"] == "decoder mean"
 
 
 def walk_exp_show(rows: list) -> list[dict]:

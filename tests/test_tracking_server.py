@@ -41,7 +41,7 @@ def mlflow_server(tmp_path_factory):
 def test_pipeline_tracks_into_a_real_mlflow_server(mlflow_server, tmp_path):
     ws = train_workspace(tmp_path / "ws", TINY_MODEL, TINY_TRAIN)
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["sample"].update(per_class=3)
+    params["sample"].update(per_class=3, gmm_components=2)
     params["evaluate"].update(kid_subsets=5, probe_folds=2, iw_samples=2)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
@@ -80,7 +80,7 @@ def test_unrequired_tracking_only_warns_and_the_stages_run_untracked(tmp_path):
     ws = train_workspace(tmp_path / "ws", TINY_MODEL, TINY_TRAIN)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["mlflow"]["required"] = False
-    params["sample"].update(per_class=2)
+    params["sample"].update(per_class=2, gmm_components=2)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     uri = f"http://127.0.0.1:{free_port()}"
     trained = run_stage("train", ws, env={"MLFLOW_TRACKING_URI": uri})
