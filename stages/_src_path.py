@@ -3,7 +3,10 @@
 The editable install points at one checkout. ``dvc exp run --queue`` runs the stages in a copy
 of the repository (``.dvc/tmp/exps/...``); without this, the copy would import the workspace's
 ``src/`` as it is when each stage starts — code edited after queueing, not the code that was
-queued (and recorded in the experiment's ``dvc.lock``). Every stage imports this first.
+queued (and recorded in the experiment's ``dvc.lock``). The stages whose code changes with the
+models (train, sample, evaluate) import this first; the data stages (download, prepare,
+fid_reference) do not, so that their recorded hashes — and DVC's cache of the 20-minute
+``fid_reference`` — stay valid.
 """
 
 import sys

@@ -4,8 +4,6 @@ subset). It depends on the data and the FID settings only, so every experiment r
 
 from __future__ import annotations
 
-import _src_path  # noqa: F401  (this checkout's src/, also in a queued experiment's copy)
-
 from pathlib import Path
 
 from cvae_pipeline.config import load_params

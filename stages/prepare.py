@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import _src_path  # noqa: F401  (this checkout's src/, also in a queued experiment's copy)
-
 import json
 from pathlib import Path
 
