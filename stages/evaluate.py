@@ -74,7 +74,7 @@ def main() -> None:
     write_per_class_plot(metrics, PER_CLASS_PLOT)
     protocol = f"{metrics['num_samples']} samples vs {metrics['reference_images']} {cfg.reference} images"
     if "samples" in metrics:
-        protocol += f" ({metrics['samples']['images']}, {metrics['samples']['latents']})"
+        protocol += f"; {metrics['samples']['images']}, latents from {metrics['samples']['latents']}"
     with tracking.recorded_run(params.mlflow.required) as run:
         if run is not None:
             mlflow.log_metrics(flatten_metrics(metrics))

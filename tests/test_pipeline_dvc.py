@@ -95,7 +95,8 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     assert pipeline_files == {"pipeline/params.yaml", "pipeline/dvc.yaml", "pipeline/dvc.lock"}
     (version,) = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
-    assert version.description.startswith(f"FID {metrics['fid']:.2f} (50 samples vs 40 test images)")
+    assert version.description.startswith(f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, "
+                                          "latents from ex-post GMM (2 per class))")
     per_class = (dvc_repo / "reports" / "per_class.csv").read_text().splitlines()
     assert per_class[0].startswith("class,") and len(per_class) == 1 + len(CLASSES) + 1
 
