@@ -19,7 +19,7 @@ from cvae_pipeline.config import load_params
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.io import atomic_directory
 from cvae_pipeline.models.artifact import load_trained_model
-from cvae_pipeline.models.expost import ClassGMM, encode_dataset
+from cvae_pipeline.expost import ClassGMM, encode_dataset
 from cvae_pipeline.sampling import DECODER_OUTPUT_MEANING, generate, grid_of
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.training.reporting import save_png

@@ -16,7 +16,7 @@ from cvae_pipeline.config import ModelParams, TrainParams
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.base import gaussian_kl
-from cvae_pipeline.models.expost import ClassGMM
+from cvae_pipeline.expost import ClassGMM
 from cvae_pipeline.models.flows import AffineCoupling, FlowPrior, IAFStep, PlanarStep, PosteriorFlow
 from cvae_pipeline.models.likelihoods import DiscretizedLogisticMixture, Gaussian
 from cvae_pipeline.training.loop import Trainer

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..models import BaseCVAE
+from ..training.batches import BatchStream
 
 DIMS = 3 * 32 * 32
 
@@ -29,9 +30,8 @@ def likelihood_metrics(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, 
     torch.manual_seed(seed)
     elbo_sum = iw_sum = mse_sum = psnr_sum = 0.0
     n = len(labels)
-    for start in tqdm(range(0, n, batch_size), desc="test likelihood", unit="batch", mininterval=2.0):
-        x = torch.as_tensor(np.asarray(images[start : start + batch_size])).to(device).float() / 255
-        y = torch.as_tensor(np.asarray(labels[start : start + batch_size])).to(device).long()
+    batches = BatchStream(images, labels, batch_size, torch.device(device), shuffle=False)
+    for x, y in tqdm(batches, desc="test likelihood", unit="batch", mininterval=2.0):
         log_w = model.log_importance_weights(x, y, max(1, iw_samples))  # [K, B]
         elbo_sum += (-log_w[0]).sum().item()
         iw_sum += (-(torch.logsumexp(log_w, 0) - math.log(log_w.shape[0]))).sum().item()

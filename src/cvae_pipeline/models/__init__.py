@@ -23,10 +23,9 @@ def build_model(cfg, num_classes: int) -> BaseCVAE:
     """Instantiate the model that ``cfg`` (a validated ``ModelParams``) describes."""
     likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_variance, cfg.gaussian_std, cfg.mixtures)
     flow = cfg.flow
-    context_dim = cfg.latent_dim  # the encoder's context for the posterior flow
-    kwargs = dict(width=cfg.width, conditioning=cfg.conditioning, context_dim=context_dim)
-    if flow.posterior != "none":
-        kwargs["posterior_flow"] = PosteriorFlow(flow.posterior, flow.steps, cfg.latent_dim, context_dim, flow.hidden)
+    kwargs = dict(width=cfg.width, conditioning=cfg.conditioning)
+    if flow.posterior != "none":  # the encoder emits a context as wide as z for the flow to read
+        kwargs["posterior_flow"] = PosteriorFlow(flow.posterior, flow.steps, cfg.latent_dim, cfg.latent_dim, flow.hidden)
     if cfg.prior == "flow":
         kwargs["prior"] = FlowPrior(cfg.latent_dim, num_classes, flow.prior_steps, flow.hidden)
     if cfg.backbone == "resnet":

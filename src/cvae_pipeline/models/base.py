@@ -50,7 +50,7 @@ class Posterior(NamedTuple):
 
 
 class LatentSampler(Protocol):
-    """Anything that draws latents for labels: the model's prior, or an ex-post density (``expost.py``)."""
+    """Anything that draws latents for labels: the model's prior, or an ex-post density (``cvae_pipeline.expost``)."""
 
     def sample(self, labels: torch.Tensor, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor: ...
@@ -65,8 +65,7 @@ class BaseCVAE(nn.Module):
     """Class-conditional VAE: q(z|x,y) (optionally through a posterior flow), p(z|y), p(x|z,y)."""
 
     def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood,
-                 posterior_flow: PosteriorFlow | None = None, prior: StandardNormalPrior | None = None,
-                 context_dim: int = 0):
+                 posterior_flow: PosteriorFlow | None = None, prior: StandardNormalPrior | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.latent_dim = latent_dim
@@ -74,7 +73,7 @@ class BaseCVAE(nn.Module):
         self.posterior_flow = posterior_flow
         self.prior = prior if prior is not None else StandardNormalPrior(latent_dim)
         #: width of the context the encoder emits for the posterior flow (0 without one)
-        self.context_dim = context_dim if posterior_flow is not None else 0
+        self.context_dim = posterior_flow.context_dim if posterior_flow is not None else 0
 
     # --- what a backbone implements ------------------------------------------------
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> Posterior:

@@ -21,13 +21,11 @@ with the log-determinants tested against autograd's Jacobian.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from .likelihoods import HALF_LOG_2PI
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -73,7 +71,6 @@ class MADE(nn.Module):
         super().__init__()
         degrees_in = torch.arange(1, dim + 1)
         degrees_hidden = torch.arange(hidden) % max(dim - 1, 1) + 1
-        self.dim = dim
         self.inp = MaskedLinear(dim, hidden, degrees_hidden[:, None] >= degrees_in[None, :])
         self.context = nn.Linear(context_dim, hidden)
         self.mid = MaskedLinear(hidden, hidden, degrees_hidden[:, None] >= degrees_hidden[None, :])
@@ -127,7 +124,8 @@ class PosteriorFlow(nn.Module):
             self.steps = nn.ModuleList(IAFStep(dim, context_dim, hidden) for _ in range(steps))
         else:
             raise ValueError(f"unknown posterior flow {kind!r}; expected planar or iaf")
-        self.kind = kind
+        #: width of the encoder context the steps read
+        self.context_dim = context_dim
 
     def forward(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total = z.new_zeros(z.shape[0])
@@ -166,8 +164,6 @@ class AffineCoupling(nn.Module):
 class StandardNormalPrior(nn.Module):
     """p(z|y) = N(0, I) for every class: the classic CVAE's prior."""
 
-    kind = "standard"
-
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
@@ -185,8 +181,6 @@ class FlowPrior(StandardNormalPrior):
 
     A learned prior can follow the aggregate posterior of each class instead of forcing every
     class into the same ball, which is where a plain VAE's samples fall into 'holes'."""
-
-    kind = "flow"
 
     def __init__(self, dim: int, num_classes: int, steps: int, hidden: int, embed_dim: int = 32):
         super().__init__(dim)

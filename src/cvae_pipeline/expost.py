@@ -5,7 +5,7 @@ where no training image was encoded decode to blurry "in-between" images. Fittin
 to where the encoder actually puts each class and sampling from it (RAE's GMM, Ghosh et al.
 2020; in spirit the two-stage VAE of Dai & Wipf 2019) fixes that at sampling time without
 retraining — which is why it is a ``sample`` option (``sample.latents: gmm``), cheap to
-sweep. It is not the prior of the ELBO: the likelihood bounds stay those of the trained model.
+sweep, and lives outside ``models/`` (whose code the ``train`` stage depends on). It is not the prior of the ELBO: the likelihood bounds stay those of the trained model.
 The mixtures are scikit-learn's ``GaussianMixture``; sampling is re-implemented in torch
 only so that it follows the seeded torch generator of the rest of sampling.
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import BaseCVAE
+from .models import BaseCVAE
+from .training.batches import BatchStream
 
 
 @torch.no_grad()
@@ -23,12 +24,8 @@ def encode_dataset(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, batc
     """The posterior's central latent of every image (uint8 [N, 3, 32, 32]), [N, latent_dim]."""
     model.eval()
     device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(labels), batch_size):
-        x = torch.as_tensor(np.asarray(images[start : start + batch_size])).to(device).float() / 255
-        y = torch.as_tensor(np.asarray(labels[start : start + batch_size])).to(device).long()
-        chunks.append(model.encode_latents(x, y).cpu().numpy())
-    return np.concatenate(chunks)
+    batches = BatchStream(images, labels, batch_size, device, shuffle=False)
+    return np.concatenate([model.encode_latents(x, y).cpu().numpy() for x, y in batches])
 
 
 class ClassGMM:
