@@ -1,0 +1,76 @@
+"""The README's ablation recipe queues valid experiments.
+
+``dvc exp run -S key=value`` can only change keys that already exist in ``params.yaml`` and the
+queued run fails only when a worker reaches it, possibly an hour later; so every row of
+``benchmarks/ablation.py`` is checked here, against the real ``params.yaml`` and the pipeline's
+validated config, without queueing anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvae_pipeline.config import parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _apply(params: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides the way ``dvc exp run -S`` does: existing keys only, YAML values."""
+    for item in overrides:
+        dotted, value = item.split("=", 1)
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            assert key in node, f"{dotted}: section {key!r} is not in params.yaml"
+            node = node[key]
+        assert leaf in node, f"{dotted} is not in params.yaml, so `dvc exp run -S {item}` cannot set it"
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def test_later_override_wins(ablation):
+    assert ablation.merged(["a=1", "b=2"], ["a=3"]) == ["a=3", "b=2"]
+
+
+def test_every_row_sets_existing_keys_to_valid_values(ablation):
+    rows = {f"abl-{name}": ablation.merged(ablation.ABLATION, overrides) for name, overrides in ablation.ROWS.items()}
+    rows |= {f"head-{name}": overrides for name, overrides in ablation.HEADLINE.items()}
+    for name, overrides in rows.items():
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params = parse_params(_apply(raw, overrides), source=name)
+        if name.startswith("abl-"):
+            assert params.train.epochs == 1 and params.sample.per_class == 200, name
+            assert params.mlflow.experiment == "cvae-ablation", name
+        else:
+            assert params.sample.per_class == 1000, f"{name}: headline rows use the FID-10k protocol"
+
+
+def test_rows_differ_from_the_conv_row(ablation):
+    """A row that changes nothing would silently duplicate ``abl-conv``."""
+    def config(overrides):
+        return _apply(yaml.safe_load((ROOT / "params.yaml").read_text()), ablation.merged(ablation.ABLATION, overrides))
+
+    conv = config(ablation.ROWS["conv"])
+    for name, overrides in ablation.ROWS.items():
+        if name != "conv":
+            assert config(overrides) != conv, name
+
+
+def test_dry_run_prints_one_queue_command_per_row(ablation, capsys):
+    assert ablation.main(["--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dvc exp run --queue")]
+    assert [cmd.split()[5] for cmd in commands] == [f"abl-{name}" for name in ablation.ROWS]
+    assert all("-S model.backbone=resnet" in cmd for cmd in commands if " abl-resnet " in cmd)
