@@ -5,7 +5,7 @@ warm-up shortened to fit it) and is scored on 2,000 samples (200 per class) agai
 test images' Inception statistics, with the likelihood bounds on 2,000 test images. Rows go to
 their own MLflow experiment (``cvae-ablation``) so ``cvae report --experiment cvae-ablation``
 prints the table. The headline rows (``--headline``) use the FID-10k protocol (1,000 samples per class) in the
-main experiment, with ``params.yaml``'s full training budget except ``head-resnet`` (10 epochs, ~73 min).
+main experiment, with ``params.yaml``'s full training budget except ``head-resnet`` (20 epochs, ~62 min).
 
     python benchmarks/ablation.py                 # queue every ablation row
     python benchmarks/ablation.py --only mlp conv # queue some
@@ -55,9 +55,9 @@ HEADLINE: dict[str, list[str]] = {
     "baseline": CLASSIC + ["sample.per_class=1000", "sample.latents=prior"],
     "default": ["sample.per_class=1000"],
     # the ablation's best backbone per epoch (resnet w32: FID-2k 324 vs conv's 431 after one epoch)
-    # with the default's GMM sampling, 10 epochs (~73 min of training here, inside the issue's 90-minute
+    # with the default's GMM sampling, 20 epochs (~62 min of training here at 240 img/s, inside the issue's 90-minute
     # budget); not the default because it breaks the default's 30-minute run-time budget
-    "resnet": ["model.backbone=resnet", "model.width=32", "train.epochs=10", "sample.per_class=1000"],
+    "resnet": ["model.backbone=resnet", "model.width=32", "train.epochs=20", "sample.per_class=1000"],
 }
 
 
