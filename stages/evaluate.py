@@ -85,9 +85,12 @@ def main() -> None:
             mlflow.set_tags({"fid_protocol": protocol, **{f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}})
             if "samples" in metrics:
                 mlflow.set_tags({f"samples.{k}": str(v) for k, v in metrics["samples"].items()})
-            info = tracking.read_run_file()
-            if params.mlflow.registered_model and info.get("model_uri"):
-                version = tracking.register_evaluated_model(params.mlflow.registered_model, info["model_uri"],
+            # the generator the sample stage logged with its GMM, else the model the training logged
+            generator_file = SAMPLES / "generator.json"
+            model_uri = (json.loads(generator_file.read_text())["model_uri"] if generator_file.is_file()
+                         else tracking.read_run_file().get("model_uri"))
+            if params.mlflow.registered_model and model_uri:
+                version = tracking.register_evaluated_model(params.mlflow.registered_model, model_uri,
                                                             run.info.run_id, metrics, protocol)
                 print(f"registered as model '{params.mlflow.registered_model}' version {version.version}")
     units = "bits/dim" if "test_neg_elbo_bits_per_dim" in metrics else "nats/image"

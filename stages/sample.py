@@ -2,7 +2,9 @@
 ``sample.temperature``), saved as uint8 arrays + labels, with a class-by-row grid kept as a DVC plot
 and logged to the training's MLflow run. Latents come from the model's prior or, with
 ``sample.latents: gmm``, from per-class Gaussian mixtures fitted here on the encoded training set;
-images are the decoder's mean or, with ``sample.decoder_output: sample``, draws from the likelihood."""
+images are the decoder's mean or, with ``sample.decoder_output: sample``, draws from the likelihood.
+With the GMM, the model is logged again as a pyfunc generator that ships it (``data/samples/generator.json``
+names it), and ``evaluate`` registers that one: the registry serves what was evaluated."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from cvae_pipeline.io import atomic_directory
 from cvae_pipeline.models.artifact import load_trained_model
 from cvae_pipeline.expost import ClassGMM, encode_dataset
 from cvae_pipeline.sampling import DECODER_OUTPUT_MEANING, generate, grid_of
+from cvae_pipeline.serving import log_generator
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.training.reporting import save_png
 from cvae_pipeline.training.runtime import resolve_device
@@ -29,6 +32,8 @@ MODEL_FILE = Path("models/model.pt")
 OUT_DIR = Path("data/samples")
 PREPARED_DIR = Path("data/prepared")
 GRID = Path("reports/samples/grid.png")
+GMM_FILE = "latent_gmm.npz"
+GENERATOR_FILE = "generator.json"  # the MLflow model that ships the GMM: what evaluate registers
 
 
 def main() -> None:
@@ -46,20 +51,23 @@ def main() -> None:
                               latents=gmm, decoder_output=cfg.decoder_output)
     sampling = {"latents": "model prior" if gmm is None else f"ex-post GMM ({cfg.gmm_components} per class)",
                 "images": DECODER_OUTPUT_MEANING[cfg.decoder_output], "temperature": cfg.temperature}
-    with atomic_directory(OUT_DIR) as tmp:
+    grid = grid_of(images, labels, len(classes))
+    # logging happens inside the atomic write: if MLflow fails, no data/samples is left without its generator
+    with tracking.recorded_run(params.mlflow.required) as run, atomic_directory(OUT_DIR) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", labels)
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
         (tmp / "sampling.json").write_text(json.dumps(sampling) + "\n")
         if gmm is not None:
-            gmm.save(tmp / "latent_gmm.npz")
-    grid = grid_of(images, labels, len(classes))
-    save_png(grid, GRID)
-    with tracking.recorded_run(params.mlflow.required) as run:
+            gmm.save(tmp / GMM_FILE)
         if run is not None:
             mlflow.log_image(grid, artifact_file="samples/final_grid.png")
             mlflow.set_tags({f"sample.{k}": str(v) for k, v in cfg.model_dump().items()})
             mlflow.set_tags({"samples.latents": sampling["latents"], "samples.images": sampling["images"]})
+            if gmm is not None:
+                info = log_generator(MODEL_FILE, classes, name="generator", latent_gmm=tmp / GMM_FILE)
+                (tmp / GENERATOR_FILE).write_text(json.dumps({"model_uri": info.model_uri}) + "\n")
+    save_png(grid, GRID)
     print(f"sampled {len(labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}, "
           f"{sampling['latents']}, {sampling['images']}) to {OUT_DIR}")
 

@@ -97,6 +97,11 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
     assert version.description.startswith(f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, "
                                           "latents from ex-post GMM (2 per class))")
+    # the registered model is the generator the sample stage logged with its GMM: it serves what was scored
+    generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())["model_uri"]
+    assert version.source == generator
+    logged = mlflow_client(dvc_repo).get_logged_model(generator.removeprefix("models:/"))
+    assert logged.source_run_id == run.info.run_id and logged.name == "generator"
     per_class = (dvc_repo / "reports" / "per_class.csv").read_text().splitlines()
     assert per_class[0].startswith("class,") and len(per_class) == 1 + len(CLASSES) + 1
 

@@ -6,18 +6,21 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from archives import CLASSES
 from conftest import BIN, clean_env, free_port, running_server
 from mlflow.exceptions import MlflowException
 
 from cvae_pipeline.config import ModelParams
+from cvae_pipeline.expost import ClassGMM
 from cvae_pipeline.models import build_model
-from cvae_pipeline.models.artifact import save_trained_model
+from cvae_pipeline.models.artifact import load_trained_model, save_trained_model
 from cvae_pipeline.serving import log_generator, parse_labels
 
 def test_labels_are_names_indices_or_a_label_column():
@@ -41,8 +44,8 @@ def test_bad_labels_name_the_problem(bad, message):
 
 
 @pytest.fixture(scope="module")
-def logged_model(tmp_path_factory) -> tuple[str, str]:
-    """(tracking URI, model URI) of a tiny CVAE logged as the pipeline logs it."""
+def store(tmp_path_factory) -> tuple[str, Path, str]:
+    """(tracking URI, folder, experiment id) of a store holding a tiny CVAE's ``model.pt``."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     params = ModelParams(backbone="mlp", width=16, latent_dim=4)
@@ -51,11 +54,27 @@ def logged_model(tmp_path_factory) -> tuple[str, str]:
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=experiment):
-            info = log_generator(root / "model.pt", CLASSES)
     finally:
         mlflow.set_tracking_uri(previous)
-    return uri, info.model_uri
+    return uri, root, experiment
+
+
+def log_in(store, **kwargs) -> str:
+    """Log the store's model as the pipeline logs it; its model URI."""
+    uri, root, experiment = store
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            return log_generator(root / "model.pt", CLASSES, **kwargs).model_uri
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def logged_model(store) -> tuple[str, str]:
+    """(tracking URI, model URI) of a tiny CVAE logged as the training stage logs it (no GMM)."""
+    return store[0], log_in(store)
 
 
 def test_pyfunc_generates_seeded_images_for_names_and_indices(logged_model):
@@ -73,6 +92,33 @@ def test_pyfunc_generates_seeded_images_for_names_and_indices(logged_model):
     assert not np.array_equal(cold[0], images[0])
     with pytest.raises(MlflowException, match="temperature must be > 0"):
         model.predict(["cat"], params={"temperature": 0.0})
+
+
+def test_generator_with_a_gmm_draws_its_latents_from_it(store, tmp_path):
+    """What the sample stage logs with ``sample.latents: gmm``: served images are the evaluated kind."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(CLASSES)), 20)
+    gmm = ClassGMM.fit(rng.normal(labels[:, None] * 3.0, 0.5, size=(len(labels), 4)), labels, len(CLASSES), 2)
+    gmm.save(tmp_path / "latent_gmm.npz")
+    mlflow.set_tracking_uri(store[0])
+    served = mlflow.pyfunc.load_model(log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz"))
+    assert served.metadata.metadata["latents"] == "ex-post per-class GMM"
+    model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))
+    labels = torch.tensor([3, 9, 0])
+
+    def direct(latents):
+        return model.sample(labels, generator=torch.Generator().manual_seed(5), latents=latents).numpy()
+
+    images = served.predict(["cat", "truck", 0], params={"seed": 5})
+    assert np.allclose(images, direct(gmm), atol=1e-6)  # the GMM is the default
+    assert np.allclose(served.predict([3, 9, 0], params={"seed": 5, "latents": "prior"}), direct(None), atol=1e-6)
+    assert not np.allclose(images, direct(None), atol=1e-3)
+    with pytest.raises(MlflowException, match="latents must be 'gmm' or 'prior'"):
+        served.predict(["cat"], params={"latents": "flow"})
+    without = mlflow.pyfunc.load_model(log_in(store))
+    assert without.metadata.metadata["latents"] == "model prior"
+    with pytest.raises(MlflowException, match="ships no GMM"):
+        without.predict(["cat"], params={"latents": "gmm"})
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

@@ -4,7 +4,9 @@
 call ``CVAEGenerator.predict``. Input: class names or indices — a list, an
 array, or a DataFrame with a ``label`` column (what a served model receives from
 ``{"dataframe_records": [{"label": "cat"}, {"label": 3}]}``). Optional params
-``seed`` (same seed + labels -> same images) and ``temperature`` (prior scale).
+``seed`` (same seed + labels -> same images), ``temperature`` (the latent density's scale) and
+``latents``: ``gmm`` draws z from the per-class GMM of ``sample.latents: gmm`` when the model ships
+one (the default then: the served images are the evaluated ones), ``prior`` from the model's prior.
 Output: float32 images ``[N, 3, 32, 32]`` in [0, 1], the decoder's mean.
 
 A custom ``PythonModel`` rather than the ``mlflow.pytorch`` flavour, because
@@ -29,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 MAX_IMAGES_PER_REQUEST = 10_000
+GMM_ARTIFACT = "latent_gmm"  # the optional artifact: the per-class GMM that sample.latents: gmm fitted
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -69,10 +72,13 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around the pipeline's ``models/model.pt``."""
 
     def load_context(self, context) -> None:
+        from .expost import ClassGMM
         from .models.artifact import load_trained_model
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.classes = load_trained_model(Path(context.artifacts["model"]), self.device)
+        gmm_file = context.artifacts.get(GMM_ARTIFACT)
+        self.gmm = ClassGMM.load(gmm_file) if gmm_file else None
 
     def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
         params = params or {}
@@ -80,6 +86,12 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         temperature = float(params.get("temperature", 1.0))
         if not temperature > 0:
             raise _bad_request(f"temperature must be > 0, got {temperature}")
+        latents = params.get("latents") or ("gmm" if self.gmm is not None else "prior")
+        if latents not in ("gmm", "prior"):
+            raise _bad_request(f"latents must be 'gmm' or 'prior', got {latents!r}")
+        if latents == "gmm" and self.gmm is None:
+            raise _bad_request("latents='gmm': this model ships no GMM (it was not sampled with "
+                               "sample.latents: gmm); use latents='prior'")
         seed = params.get("seed")
         generator = torch.Generator(device=self.device)
         if seed is not None and int(seed) >= 0:
@@ -87,7 +99,8 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         else:
             generator.seed()
         with torch.inference_mode():
-            images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator)
+            images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator,
+                                       latents=self.gmm if latents == "gmm" else None)
         return images.float().cpu().numpy()
 
 
@@ -96,16 +109,21 @@ def signature():
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     # no input schema: labels arrive as a list/array ({"inputs": [...]}) or as a DataFrame with a
-    # 'label' column ({"dataframe_records": ...}); parse_labels checks either and names the problem
+    # 'label' column ({"dataframe_records": ...}); parse_labels checks either and names the problem.
+    # latents "" = the model's own choice (its GMM when it ships one), so one signature fits both
     return ModelSignature(
         inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
-        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("temperature", "double", 1.0)]),
+        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("temperature", "double", 1.0),
+                            ParamSpec("latents", "string", "")]),
     )
 
 
-def log_generator(model_file: Path, classes: list[str], name: str = "model"):
-    """Log ``model_file`` as a pyfunc generator in the active run; returns MLflow's ModelInfo."""
+def log_generator(model_file: Path, classes: list[str], name: str = "model", latent_gmm: Path | None = None):
+    """Log ``model_file`` as a pyfunc generator in the active run; returns MLflow's ModelInfo.
+
+    ``latent_gmm``: a ``ClassGMM`` file to ship with it, so the served model draws its latents
+    from the same ex-post density as the evaluated samples (the ``sample`` stage does this)."""
     import torchvision
 
     package_dir = Path(__file__).resolve().parent
@@ -119,11 +137,13 @@ def log_generator(model_file: Path, classes: list[str], name: str = "model"):
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(package_dir / "mlflow_model.py"),  # model from code: nothing pickled
-        artifacts={"model": str(model_file)},
+        artifacts={"model": str(model_file)} | ({GMM_ARTIFACT: str(latent_gmm)} if latent_gmm else {}),
         code_paths=[str(package_dir)],
         signature=signature(),
         input_example=list(classes[:2]),
         pip_requirements=requirements,
         metadata={"classes": list(classes), "input": "class names or indices (column 'label')",
-                  "params": "seed (int, -1 = random), temperature (float)", "output": "float32 images [N,3,32,32] in [0,1]"},
+                  "params": "seed (int, -1 = random), temperature (float), latents (gmm | prior)",
+                  "latents": "ex-post per-class GMM" if latent_gmm else "model prior",
+                  "output": "float32 images [N,3,32,32] in [0,1]"},
     )

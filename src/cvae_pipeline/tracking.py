@@ -196,14 +196,15 @@ def recorded_run(required: bool = True, run_file: Path = RUN_FILE):
 
 def register_evaluated_model(name: str, model_uri: str, run_id: str, metrics: dict, protocol: str):
     """Register the run's logged model under ``name`` with its scores in the version's tags and
-    description; a re-evaluation of the same run updates its version instead of adding one."""
+    description; a re-evaluation of the same model updates its version instead of adding one (a
+    re-sampled run has a new generator, with its new GMM, and gets a new version)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     scores = {key: metrics[key] for key in ("fid", "kid_mean", "kid_std", "class_consistency", "precision",
                                             "recall") if key in metrics}
     tags = {key: f"{value:.6g}" for key, value in scores.items()} | {"fid_protocol": protocol}
-    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id and v.source == model_uri]
     if existing:
         version = existing[0]
         for key, value in tags.items():
