@@ -5,11 +5,11 @@ warm-up shortened to fit it) and is scored on 2,000 samples (200 per class) agai
 test images' Inception statistics, with the likelihood bounds on 2,000 test images. Rows go to
 their own MLflow experiment (``cvae-ablation``) so ``cvae report --experiment cvae-ablation``
 prints the table. The headline rows (``--headline``) use the FID-10k protocol (1,000 samples per class) in the
-main experiment, with ``params.yaml``'s full training budget except ``head-resnet`` (20 epochs, ~62 min).
+main experiment, with ``params.yaml``'s training budget unless the row sets its own epochs (the resnet rows).
 
     python benchmarks/ablation.py                 # queue every ablation row
     python benchmarks/ablation.py --only mlp conv # queue some
-    python benchmarks/ablation.py --headline      # queue the FID-10k rows (baseline, default, resnet)
+    python benchmarks/ablation.py --headline      # queue the FID-10k rows (baseline, default, resnet, resnet-7ep)
     dvc queue start -j 1                          # one at a time: two heavy runs slow each other 5-10x
     python benchmarks/ablation.py --table         # the README's tables, from the MLflow runs
     cvae report --experiment cvae-ablation        # every run, every differing param
