@@ -66,6 +66,29 @@ def test_batches_cover_the_split_once_per_epoch_as_floats(prepared):
     assert len(stream) == 4 and torch.cat(seen).sort().values.tolist() == sorted(split.labels.tolist())
 
 
+@pytest.mark.parametrize("hflip", [False, True])
+def test_hflip_mirrors_about_half_the_images_and_nothing_else(hflip):
+    # distinct, asymmetric images: each one's batch copy identifies it and whether it was mirrored
+    images = torch.randint(0, 256, (400, 32, 32, 3), generator=torch.Generator().manual_seed(1),
+                           dtype=torch.uint8).permute(0, 3, 1, 2).contiguous().numpy()
+    labels = torch.arange(400) % 10
+    stream = BatchStream(images, labels.numpy(), 64, torch.device("cpu"), shuffle=False,
+                         generator=torch.Generator().manual_seed(0), hflip=hflip)
+    batches = list(stream)
+    x = torch.cat([b[0] for b in batches])
+    assert torch.equal(torch.cat([b[1] for b in batches]), labels)
+    original = torch.from_numpy(images).float() / 255
+    same = (x == original).flatten(1).all(1)
+    mirrored = (x == original.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # only whole-image mirrors, no other change
+    if hflip:
+        assert 150 < int(mirrored.sum()) < 250
+        assert [bool(b) for b in mirrored] != [bool(b) for b in
+                                               (torch.cat([b[0] for b in stream]) == original.flip(-1)).flatten(1).all(1)]
+    else:
+        assert not mirrored.any()
+
+
 @pytest.mark.parametrize("backbone", ["mlp", "conv"])
 def test_one_epoch_lowers_the_loss(prepared, tmp_path, backbone):
     trainer = make_trainer(prepared, tmp_path / "ck.pt", backbone, epochs=1, ema_decay=None,
@@ -75,8 +98,9 @@ def test_one_epoch_lowers_the_loss(prepared, tmp_path, backbone):
     assert history[-1]["val_loss"] < before
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(prepared, tmp_path):
-    reference = make_trainer(prepared, tmp_path / "a.pt")
+@pytest.mark.parametrize("augment", ["none", "hflip"])
+def test_interrupted_and_resumed_equals_uninterrupted(prepared, tmp_path, augment):
+    reference = make_trainer(prepared, tmp_path / "a.pt", augment=augment)
     reference.fit()
 
     class Killed(Exception):
@@ -86,10 +110,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(prepared, tmp_path):
         if record["epoch"] == 1:
             raise Killed
 
-    interrupted = make_trainer(prepared, tmp_path / "b.pt")
+    interrupted = make_trainer(prepared, tmp_path / "b.pt", augment=augment)
     with pytest.raises(Killed):
         interrupted.fit(on_epoch_end=kill_after_first_epoch)
-    resumed = make_trainer(prepared, tmp_path / "b.pt")
+    resumed = make_trainer(prepared, tmp_path / "b.pt", augment=augment)
     assert resumed.try_resume() and resumed.epoch == 1
     resumed.fit()
     for name, tensor in reference.model.state_dict().items():

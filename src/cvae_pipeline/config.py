@@ -134,6 +134,8 @@ class TrainParams(_Section):
     free_bits: float = Field(default=0.0, ge=0, description="nats per latent dim (0 = off)")
     grad_clip: float | None = Field(default=100.0, gt=0, description="max gradient norm; null = off")
     ema_decay: float | None = Field(default=0.999, gt=0, lt=1, description="EMA of weights; null = off")
+    augment: Literal["none", "hflip"] = Field(
+        default="none", description="training-batch augmentation: none, or a random horizontal flip of half the images")
     seed: StrictInt = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: StrictInt | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")

@@ -64,7 +64,8 @@ class Trainer:
         self.fingerprint = fingerprint
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed)
         self.train_batches = BatchStream(train.images, train.labels, per_process_batch(cfg.batch_size, dist), device,
-                                         True, self.shuffle_rng, rank=dist.rank, world_size=dist.world_size)
+                                         True, self.shuffle_rng, rank=dist.rank, world_size=dist.world_size,
+                                         hflip=cfg.augment == "hflip")
         self.val_batches = BatchStream(val.images, val.labels, max(cfg.batch_size, 256), device, shuffle=False)
         steps_per_epoch = len(self.train_batches)
         self.total_steps = cfg.epochs * steps_per_epoch
