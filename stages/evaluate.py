@@ -1,6 +1,7 @@
 """Stage ``evaluate``: Inception features of the samples, then FID, KID, per-class FID/KID, class
 consistency, precision/recall, and the test-set likelihood bounds and reconstruction quality, written
-to ``reports/metrics.json`` and logged to the training's MLflow run."""
+to ``reports/metrics.json`` and logged to the MLflow run the samples were logged to (the training's,
+unless it already held samples of other settings)."""
 
 from __future__ import annotations
 
@@ -75,14 +76,19 @@ def main() -> None:
     protocol = f"{metrics['num_samples']} samples vs {metrics['reference_images']} {cfg.reference} images"
     if "samples" in metrics:
         protocol += f"; {metrics['samples']['images']}, latents from {metrics['samples']['latents']}"
-    with tracking.recorded_run(params.mlflow.required) as run:
+    settings = {f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}
+    # the run the samples were logged to (samples of an older pipeline: the training's), or a run nested
+    # under it when that one holds an evaluation of other settings
+    sampled_in = SAMPLES / "mlflow_run.json"
+    with tracking.results_run("evaluate", settings, params.mlflow.required,
+                              sampled_in if sampled_in.is_file() else tracking.RUN_FILE) as run:
         if run is not None:
             mlflow.log_metrics(flatten_metrics(metrics))
             mlflow.log_artifact(str(METRICS))
             for pipeline_file in ("dvc.yaml", "dvc.lock"):  # dvc.lock as of this stage: earlier stages' hashes
                 if Path(pipeline_file).is_file():
                     mlflow.log_artifact(pipeline_file, artifact_path="pipeline")
-            mlflow.set_tags({"fid_protocol": protocol, **{f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}})
+            mlflow.set_tags({"fid_protocol": protocol, **settings})
             if "samples" in metrics:
                 mlflow.set_tags({f"samples.{k}": str(v) for k, v in metrics["samples"].items()})
             # the generator the sample stage logged with its GMM, else the model the training logged

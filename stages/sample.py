@@ -4,7 +4,9 @@ and logged to the training's MLflow run. Latents come from the model's prior or,
 ``sample.latents: gmm``, from per-class Gaussian mixtures fitted here on the encoded training set;
 images are the decoder's mean or, with ``sample.decoder_output: sample``, draws from the likelihood.
 With the GMM, the model is logged again as a pyfunc generator that ships it (``data/samples/generator.json``
-names it), and ``evaluate`` registers that one: the registry serves what was evaluated."""
+names it), and ``evaluate`` registers that one: the registry serves what was evaluated. A second
+sampling of the same trained model with other settings logs to a new run nested under the training's
+(``data/samples/mlflow_run.json`` names the run used), so it does not overwrite the first one's results."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ PREPARED_DIR = Path("data/prepared")
 GRID = Path("reports/samples/grid.png")
 GMM_FILE = "latent_gmm.npz"
 GENERATOR_FILE = "generator.json"  # the MLflow model that ships the GMM: what evaluate registers
+RUN_FILE = "mlflow_run.json"  # the MLflow run these samples were logged to: evaluate logs there too
 
 
 def main() -> None:
@@ -53,16 +56,20 @@ def main() -> None:
                 "images": DECODER_OUTPUT_MEANING[cfg.decoder_output], "temperature": cfg.temperature}
     grid = grid_of(images, labels, len(classes))
     # logging happens inside the atomic write: if MLflow fails, no data/samples is left without its generator
-    with tracking.recorded_run(params.mlflow.required) as run, atomic_directory(OUT_DIR) as tmp:
+    settings = {f"sample.{k}": str(v) for k, v in cfg.model_dump().items()}
+    # the training's run, or a run nested under it when that one holds samples of other settings
+    with tracking.results_run("sample", settings, params.mlflow.required) as run, atomic_directory(OUT_DIR) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", labels)
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
         (tmp / "sampling.json").write_text(json.dumps(sampling) + "\n")
         if gmm is not None:
             gmm.save(tmp / GMM_FILE)
+        tracking.write_run_file(run.info.run_id if run else None, run.info.experiment_id if run else None,
+                                path=tmp / RUN_FILE)
         if run is not None:
             mlflow.log_image(grid, artifact_file="samples/final_grid.png")
-            mlflow.set_tags({f"sample.{k}": str(v) for k, v in cfg.model_dump().items()})
+            mlflow.set_tags(settings)
             mlflow.set_tags({"samples.latents": sampling["latents"], "samples.images": sampling["images"]})
             if gmm is not None:
                 info = log_generator(MODEL_FILE, classes, name="generator", latent_gmm=tmp / GMM_FILE)

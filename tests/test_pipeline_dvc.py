@@ -186,6 +186,33 @@ def test_posterior_flow_experiment_trains_and_evaluates(dvc_repo: Path):
     assert run.data.tags["samples.images"] == "decoder mean"
 
 
+def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_repo: Path):
+    """``-S sample.temperature=…`` re-runs only sample and evaluate on the model the workspace holds
+    (the IAF one): the new results go to a run nested under the training's, whose own FID stays, so the
+    MLflow UI shows the two samplings side by side; an evaluate-only change nests under that in turn."""
+    (trained,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
+    out = sh("dvc", "exp", "run", "-n", "cooler", "-S", "sample.temperature=0.5", cwd=dvc_repo)
+    assert "Running stage 'train'" not in out and "Running stage 'evaluate'" in out
+    metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
+    (cooler,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "cooler"]
+    assert cooler.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert cooler.data.params["sample.temperature"] == "0.5" and cooler.data.params["model.flow.posterior"] == "iaf"
+    assert cooler.data.metrics["fid"] == pytest.approx(metrics["fid"]) and "final_train_seconds" in cooler.data.metrics
+    after = mlflow_client(dvc_repo).get_run(trained.info.run_id)
+    assert after.data.metrics["fid"] == trained.data.metrics["fid"] != cooler.data.metrics["fid"]
+    assert after.data.tags["sample.temperature"] == "1.0"
+    versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
+    assert any(v.run_id == cooler.info.run_id for v in versions)  # the re-sampled generator, registered
+
+    out = sh("dvc", "exp", "run", "-n", "fewer-kid-subsets", "-S", "evaluate.kid_subsets=5", cwd=dvc_repo)
+    assert "Running stage 'sample'" not in out and "Running stage 'evaluate'" in out
+    (fewer,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "fewer-kid-subsets"]
+    assert fewer.data.tags["mlflow.parentRunId"] == cooler.info.run_id
+    assert fewer.data.tags["trained_in_run"] == trained.info.run_id and fewer.data.params["sample.temperature"] == "0.5"
+    assert fewer.data.metrics["fid"] == pytest.approx(cooler.data.metrics["fid"])  # same samples, same FID
+    assert mlflow_client(dvc_repo).get_run(cooler.info.run_id).data.tags["evaluate.kid_subsets"] == "10"
+
+
 def walk_exp_show(rows: list) -> list[dict]:
     """Every revision's ``data`` in ``dvc exp show --json`` (baselines and their experiments)."""
     found = []

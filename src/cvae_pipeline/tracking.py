@@ -142,7 +142,9 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def write_run_file(run_id: str | None, experiment_id: str | None, model_uri: str | None = None,
                    path: Path = RUN_FILE) -> None:
-    """Record the run so later stages (sample, evaluate) log into the same MLflow run.
+    """Record the run so later stages (sample, evaluate) log into the same MLflow run
+    (``train`` writes ``models/mlflow_run.json``; ``sample`` writes ``data/samples/mlflow_run.json``
+    for ``evaluate``, naming the run it used, see :func:`results_run`).
 
     ``run_id`` None: training ran untracked (``mlflow.required: false`` and no store).
     """
@@ -192,6 +194,43 @@ def recorded_run(required: bool = True, run_file: Path = RUN_FILE):
         ) from None
     with run:
         yield run
+
+
+@contextlib.contextmanager
+def results_run(stage: str, settings: dict[str, str], required: bool = True, run_file: Path = RUN_FILE):
+    """The run a stage logs its results under ``settings`` (``{"sample.temperature": "0.8", ...}``) into.
+
+    That is the run ``run_file`` names (the training's, for ``sample``) — unless that run already
+    holds results made with other values of those settings. Then it is a new run nested under it
+    (``mlflow.parentRunId``), named after the DVC experiment, carrying the parent's params with the
+    new settings and its final training metrics. Why: ``dvc exp run -S sample.temperature=0.8`` re-runs
+    only ``sample`` and ``evaluate`` on the same trained model; logging into the training's run would
+    overwrite the first experiment's FID, and the MLflow UI could no longer show the two side by side.
+    The run used is recorded in the stage's output (see :func:`write_run_file`) for the next stage.
+    """
+    import mlflow
+
+    with recorded_run(required, run_file) as parent:
+        if parent is None:
+            yield None
+            return
+        recorded = {key: parent.data.tags[key] for key in settings if key in parent.data.tags}
+        changed = {key: settings[key] for key, value in recorded.items() if settings[key] != value}
+        if not changed:
+            yield parent
+            return
+        name = os.environ.get("DVC_EXP_NAME") or (
+            f"{parent.info.run_name} " + ", ".join(f"{key}={value}" for key, value in changed.items()))
+        inherited = {key: value for key, value in parent.data.tags.items() if key.startswith(("sample.", "samples."))}
+        tags = inherited | run_tags(stage) | {
+            "trained_in_run": parent.data.tags.get("trained_in_run", parent.info.run_id)}
+        with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags) as child:
+            mlflow.log_params({**parent.data.params, **{k: v for k, v in settings.items() if k in parent.data.params}})
+            mlflow.log_metrics({key: value for key, value in parent.data.metrics.items() if key.startswith("final_")})
+            print(f"MLflow run {parent.info.run_id} holds results of other settings "
+                  f"({', '.join(f'{k}: {recorded[k]}' for k in changed)}); logging to new run {child.info.run_id}, "
+                  "nested under it", flush=True)
+            yield child
 
 
 def register_evaluated_model(name: str, model_uri: str, run_id: str, metrics: dict, protocol: str):
