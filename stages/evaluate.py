@@ -76,12 +76,11 @@ def main() -> None:
     protocol = f"{metrics['num_samples']} samples vs {metrics['reference_images']} {cfg.reference} images"
     if "samples" in metrics:
         protocol += f"; {metrics['samples']['images']}, latents from {metrics['samples']['latents']}"
-    settings = {f"evaluate.{k}": str(v) for k, v in cfg.model_dump().items()}
+    settings = tracking.flatten_params({"evaluate": cfg.model_dump()})
     # the run the samples were logged to (samples of an older pipeline: the training's), or a run nested
     # under it when that one holds an evaluation of other settings
-    sampled_in = SAMPLES / "mlflow_run.json"
-    with tracking.results_run("evaluate", settings, params.mlflow.required,
-                              sampled_in if sampled_in.is_file() else tracking.RUN_FILE) as run:
+    sampled_in = tracking.SAMPLES_RUN_FILE if tracking.SAMPLES_RUN_FILE.is_file() else tracking.RUN_FILE
+    with tracking.results_run("evaluate", settings, params.mlflow.required, sampled_in) as run:
         if run is not None:
             mlflow.log_metrics(flatten_metrics(metrics))
             mlflow.log_artifact(str(METRICS))

@@ -36,7 +36,6 @@ PREPARED_DIR = Path("data/prepared")
 GRID = Path("reports/samples/grid.png")
 GMM_FILE = "latent_gmm.npz"
 GENERATOR_FILE = "generator.json"  # the MLflow model that ships the GMM: what evaluate registers
-RUN_FILE = "mlflow_run.json"  # the MLflow run these samples were logged to: evaluate logs there too
 
 
 def main() -> None:
@@ -56,7 +55,7 @@ def main() -> None:
                 "images": DECODER_OUTPUT_MEANING[cfg.decoder_output], "temperature": cfg.temperature}
     grid = grid_of(images, labels, len(classes))
     # logging happens inside the atomic write: if MLflow fails, no data/samples is left without its generator
-    settings = {f"sample.{k}": str(v) for k, v in cfg.model_dump().items()}
+    settings = tracking.flatten_params({"sample": cfg.model_dump()})
     # the training's run, or a run nested under it when that one holds samples of other settings
     with tracking.results_run("sample", settings, params.mlflow.required) as run, atomic_directory(OUT_DIR) as tmp:
         np.save(tmp / "images.npy", images)
@@ -66,7 +65,7 @@ def main() -> None:
         if gmm is not None:
             gmm.save(tmp / GMM_FILE)
         tracking.write_run_file(run.info.run_id if run else None, run.info.experiment_id if run else None,
-                                path=tmp / RUN_FILE)
+                                path=tmp / tracking.SAMPLES_RUN_FILE.name)
         if run is not None:
             mlflow.log_image(grid, artifact_file="samples/final_grid.png")
             mlflow.set_tags(settings)

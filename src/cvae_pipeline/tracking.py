@@ -33,6 +33,7 @@ from .errors import PipelineError
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 RUN_FILE = Path("models/mlflow_run.json")
+SAMPLES_RUN_FILE = Path("data/samples/mlflow_run.json")  # the run ``sample`` logged to; ``evaluate`` logs there too
 SQLITE_BUSY_TIMEOUT = 60
 
 

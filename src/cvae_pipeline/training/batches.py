@@ -37,8 +37,8 @@ class BatchStream:
         # is dropped so all processes take the same number of steps (DDP would hang otherwise)
         self.rank, self.world_size = rank, world_size
         # the flip coins come from ``generator`` too, so a resumed run flips exactly as an uninterrupted
-        # one (the generator's state is checkpointed); every process draws a full batch of coins, which
-        # keeps the processes' generators in step under data parallelism
+        # one (the generator's state is checkpointed); a full batch of coins is drawn per step, also for
+        # the shorter last batch, so the generator advances the same way on every process and epoch
         self.hflip = hflip
         if device.type == "cuda":  # pinned memory: asynchronous host-to-device copies
             self.images = self.images.pin_memory()
