@@ -1,5 +1,6 @@
 """Stage ``evaluate``: Inception features of the samples, then FID, KID, per-class FID/KID, class
-consistency, precision/recall, and the test-set likelihood bounds and reconstruction quality, written
+consistency, precision/recall, the test-set likelihood bounds and reconstruction quality (and, with
+``evaluate.reconstruction_fid``, the reconstructions' FID: the decoder's floor for the samples'), written
 to ``reports/metrics.json`` and logged to the MLflow run the samples were logged to (the training's,
 unless it already held samples of other settings)."""
 
@@ -20,11 +21,12 @@ from cvae_pipeline.data.splits import stratified_subset
 from cvae_pipeline.io import atomic_file, write_json_atomic
 from cvae_pipeline.metrics.class_consistency import LinearProbe
 from cvae_pipeline.metrics.evaluation import flatten_metrics, sample_quality
-from cvae_pipeline.metrics.fid import Statistics
+from cvae_pipeline.metrics.fid import Statistics, frechet_distance
 from cvae_pipeline.metrics.inception import InceptionFeatures
 from cvae_pipeline.metrics.likelihood import likelihood_metrics
 from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
 from cvae_pipeline.models.artifact import load_trained_model
+from cvae_pipeline.sampling import reconstruct_set
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.training.runtime import resolve_device
 
@@ -55,9 +57,11 @@ def main() -> None:
 
     classes = json.loads((SAMPLES / "classes.json").read_text())
     images, labels = np.load(SAMPLES / "images.npy"), np.load(SAMPLES / "labels.npy")
-    fake = FeatureSet(InceptionFeatures(device, cfg.batch_size)(images, desc="inception samples"), labels, classes)
+    inception = InceptionFeatures(device, cfg.batch_size)
+    fake = FeatureSet(inception(images, desc="inception samples"), labels, classes)
     fake.save(SAMPLE_FEATURES)
-    metrics = sample_quality(FeatureSet.load(REFERENCE / FEATURES_FILE), Statistics.load(REFERENCE / STATS_FILE),
+    reference_stats = Statistics.load(REFERENCE / STATS_FILE)
+    metrics = sample_quality(FeatureSet.load(REFERENCE / FEATURES_FILE), reference_stats,
                              LinearProbe.load(REFERENCE / PROBE_FILE), fake, cfg)
 
     model, _ = load_trained_model(MODEL_FILE, device)
@@ -67,6 +71,10 @@ def main() -> None:
         idx = stratified_subset(test_labels, cfg.likelihood_images, seed=0, what="evaluate.likelihood_images")
         test_images, test_labels = test_images[idx], test_labels[idx]
     metrics.update(likelihood_metrics(model, test_images, test_labels, cfg.iw_samples, device=device))
+    if cfg.reconstruction_fid:
+        recon = Statistics.of(inception(reconstruct_set(model, test_images, test_labels), desc="inception reconstructions"))
+        metrics["reconstruction_fid"] = frechet_distance(recon.mu, recon.sigma, reference_stats.mu, reference_stats.sigma)
+        metrics["reconstruction_fid_images"] = recon.count
 
     sampling_file = SAMPLES / "sampling.json"  # what the scored images are: latents from where, mean or draw
     if sampling_file.is_file():
@@ -103,6 +111,8 @@ def main() -> None:
     print(f"FID {metrics['fid']:.2f}  KID {metrics['kid_mean']:.4f} ± {metrics['kid_std']:.4f}  "
           f"class consistency {metrics['class_consistency']:.3f} (real {metrics['class_consistency_real_ceiling']:.3f})  "
           f"precision {metrics['precision']:.3f} recall {metrics['recall']:.3f}  test -ELBO {elbo:.2f} {units}")
+    if "reconstruction_fid" in metrics:
+        print(f"reconstruction FID {metrics['reconstruction_fid']:.2f} ({metrics['reconstruction_fid_images']} test images)")
 
 
 if __name__ == "__main__":

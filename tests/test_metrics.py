@@ -126,6 +126,23 @@ def test_importance_weighted_bound_is_tighter_than_elbo():
     assert m["recon_psnr_db"] == pytest.approx(np.mean(10 * np.log10(1 / np.full(1, m["recon_mse"]))), rel=0.2)
 
 
+
+def test_reconstruction_set_is_each_image_through_the_model_in_order():
+    """What ``evaluate.reconstruction_fid`` scores: every test image's decoder mean, quantised like the
+    samples, in the images' order whatever the batching, and each from its own label."""
+    from cvae_pipeline.sampling import reconstruct_set, to_uint8
+
+    torch.manual_seed(0)
+    model = build_model(ModelParams(backbone="conv", width=8, latent_dim=4, conditioning="concat"), 10).eval()
+    images = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 4, 5, 6])
+    recon = reconstruct_set(model, images, labels, batch_size=3, progress=False)
+    assert recon.dtype == np.uint8 and recon.shape == images.shape
+    x = torch.from_numpy(images).float() / 255
+    assert np.array_equal(recon, to_uint8(model.reconstruct(x, torch.from_numpy(labels))))
+    relabelled = reconstruct_set(model, images, (labels + 1) % 10, batch_size=7, progress=False)
+    assert not np.array_equal(recon, relabelled)  # conditioned on the label it is given
+
 def test_weights_with_wrong_checksum_give_a_clear_error(tmp_path):
     fake = tmp_path / "default_1.pt"
     fake.write_bytes(b"not the inception network")

@@ -189,7 +189,8 @@ def test_posterior_flow_experiment_trains_and_evaluates(dvc_repo: Path):
 def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_repo: Path):
     """``-S sample.temperature=…`` re-runs only sample and evaluate on the model the workspace holds
     (the IAF one): the new results go to a run nested under the training's, whose own FID stays, so the
-    MLflow UI shows the two samplings side by side; an evaluate-only change nests under that in turn."""
+    MLflow UI shows the two samplings side by side; an evaluate-only change (the reconstructions' FID)
+    nests under that in turn."""
     (trained,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
     out = sh("dvc", "exp", "run", "-n", "cooler", "-S", "sample.temperature=0.5", cwd=dvc_repo)
     assert "Running stage 'train'" not in out and "Running stage 'evaluate'" in out
@@ -204,13 +205,19 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert any(v.run_id == cooler.info.run_id for v in versions)  # the re-sampled generator, registered
 
-    out = sh("dvc", "exp", "run", "-n", "fewer-kid-subsets", "-S", "evaluate.kid_subsets=5", cwd=dvc_repo)
+    # "is it the decoder or the latents?": the reconstructions' FID, an evaluate-only change
+    out = sh("dvc", "exp", "run", "-n", "decoder-floor", "-S", "evaluate.reconstruction_fid=true", cwd=dvc_repo)
     assert "Running stage 'sample'" not in out and "Running stage 'evaluate'" in out
-    (fewer,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "fewer-kid-subsets"]
-    assert fewer.data.tags["mlflow.parentRunId"] == cooler.info.run_id
-    assert fewer.data.tags["trained_in_run"] == trained.info.run_id and fewer.data.params["sample.temperature"] == "0.5"
-    assert fewer.data.metrics["fid"] == pytest.approx(cooler.data.metrics["fid"])  # same samples, same FID
-    assert mlflow_client(dvc_repo).get_run(cooler.info.run_id).data.tags["evaluate.kid_subsets"] == "10"
+    assert "reconstruction FID" in out
+    metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
+    assert np.isfinite(metrics["reconstruction_fid"]) and metrics["reconstruction_fid_images"] == 40
+    (floor,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "decoder-floor"]
+    assert floor.data.tags["mlflow.parentRunId"] == cooler.info.run_id
+    assert floor.data.tags["trained_in_run"] == trained.info.run_id and floor.data.params["sample.temperature"] == "0.5"
+    assert floor.data.metrics["fid"] == pytest.approx(cooler.data.metrics["fid"])  # same samples, same FID
+    assert floor.data.metrics["reconstruction_fid"] == pytest.approx(metrics["reconstruction_fid"])
+    first = mlflow_client(dvc_repo).get_run(cooler.info.run_id).data
+    assert first.tags["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in first.metrics
 
 
 def walk_exp_show(rows: list) -> list[dict]:

@@ -169,6 +169,8 @@ class EvaluateParams(_Section):
     probe_folds: StrictInt = Field(default=3, ge=2, description="cross-validation folds of the linear probe")
     iw_samples: StrictInt = Field(default=16, ge=1, description="importance samples of the likelihood bound")
     likelihood_images: StrictInt | None = Field(default=None, ge=1, description="test images for bounds; null = all")
+    reconstruction_fid: StrictBool = Field(
+        default=False, description="also the FID of the likelihood test images' reconstructions (the decoder's floor)")
 
 
 class MlflowParams(_Section):
