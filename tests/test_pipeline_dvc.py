@@ -220,6 +220,23 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     assert first.tags["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in first.metrics
 
 
+
+def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
+    """Pick a finished experiment (a queued one, trained in a temporary copy), ``dvc exp apply`` it and
+    re-sample it: only sample and evaluate run, on that experiment's model, in a run nested under the
+    run it trained in — its ``models/mlflow_run.json`` came back with it from git, and the workspace's
+    resume checkpoint (another model's) does not make ``train`` look changed."""
+    (trained,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("train.lr") == "0.002"]
+    name = trained.data.tags["dvc_experiment"]
+    sh("dvc", "exp", "apply", name, cwd=dvc_repo)
+    assert json.loads((dvc_repo / "models" / "mlflow_run.json").read_text())["run_id"] == trained.info.run_id
+    assert json.loads(sh("dvc", "status", "--json", "train", cwd=dvc_repo)) == {}  # nothing to retrain
+    out = sh("dvc", "exp", "run", "-n", "resampled-lr002", "-S", "sample.temperature=0.5", cwd=dvc_repo)
+    assert "Running stage 'train'" not in out and "Running stage 'sample'" in out
+    (resampled,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "resampled-lr002"]
+    assert resampled.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert resampled.data.params["train.lr"] == "0.002" and resampled.data.params["sample.temperature"] == "0.5"
+
 def walk_exp_show(rows: list) -> list[dict]:
     """Every revision's ``data`` in ``dvc exp show --json`` (baselines and their experiments)."""
     found = []
