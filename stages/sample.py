@@ -71,7 +71,8 @@ def main() -> None:
             mlflow.set_tags(settings)
             mlflow.set_tags({"samples.latents": sampling["latents"], "samples.images": sampling["images"]})
             if gmm is not None:
-                info = log_generator(MODEL_FILE, classes, name="generator", latent_gmm=tmp / GMM_FILE)
+                info = log_generator(MODEL_FILE, classes, name="generator", latent_gmm=tmp / GMM_FILE,
+                                     temperature=cfg.temperature)
                 (tmp / GENERATOR_FILE).write_text(json.dumps({"model_uri": info.model_uri}) + "\n")
     save_png(grid, GRID)
     print(f"sampled {len(labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}, "

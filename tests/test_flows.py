@@ -226,6 +226,6 @@ def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())
     assert sampling == {"latents": "ex-post GMM (2 per class)", "images": "draw from the likelihood",
-                        "temperature": 1.0}
+                        "temperature": params["sample"]["temperature"]}
     assert np.load(ws / "data/samples/images.npy").shape == (30, 3, 32, 32)
     assert ClassGMM.load(ws / "data/samples/latent_gmm.npz").means.shape == (10, 2, 4)

@@ -46,7 +46,7 @@ def dvc_repo(tmp_path_factory) -> Path:
     text = yaml.safe_load(params.read_text())
     text["model"].update(backbone="mlp", width=32, latent_dim=8)
     text["train"].update(epochs=1, batch_size=32)
-    text["sample"].update(per_class=5, gmm_components=2)
+    text["sample"].update(per_class=5, gmm_components=2, temperature=1.0)  # the tests re-sample at 0.5
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
     params.write_text(yaml.safe_dump(text, sort_keys=False))
     sh("git", "init", "-q", cwd=repo)

@@ -6,7 +6,9 @@ array, or a DataFrame with a ``label`` column (what a served model receives from
 ``{"dataframe_records": [{"label": "cat"}, {"label": 3}]}``). Optional params
 ``seed`` (same seed + labels -> same images), ``temperature`` (the latent density's scale) and
 ``latents``: ``gmm`` draws z from the per-class GMM of ``sample.latents: gmm`` when the model ships
-one (the default then: the served images are the evaluated ones), ``prior`` from the model's prior.
+one (the default then), ``prior`` from the model's prior. The default temperature is the one the
+``sample`` stage scored (``sample.temperature``, shipped in the model's config; 1.0 for the model the
+training logs), so by default the served images are the evaluated ones.
 Output: float32 images ``[N, 3, 32, 32]`` in [0, 1], the decoder's mean.
 
 A custom ``PythonModel`` rather than the ``mlflow.pytorch`` flavour, because
@@ -79,11 +81,12 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         self.model, self.classes = load_trained_model(Path(context.artifacts["model"]), self.device)
         gmm_file = context.artifacts.get(GMM_ARTIFACT)
         self.gmm = ClassGMM.load(gmm_file) if gmm_file else None
+        self.default_temperature = float((getattr(context, "model_config", None) or {}).get("temperature", 1.0))
 
     def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
         params = params or {}
         labels = parse_labels(model_input, self.classes)
-        temperature = float(params.get("temperature", 1.0))
+        temperature = float(params.get("temperature", self.default_temperature))
         if not temperature > 0:
             raise _bad_request(f"temperature must be > 0, got {temperature}")
         latents = params.get("latents") or ("gmm" if self.gmm is not None else "prior")
@@ -104,7 +107,7 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         return images.float().cpu().numpy()
 
 
-def signature():
+def signature(temperature: float = 1.0):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -114,16 +117,18 @@ def signature():
     return ModelSignature(
         inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
-        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("temperature", "double", 1.0),
+        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("temperature", "double", float(temperature)),
                             ParamSpec("latents", "string", "")]),
     )
 
 
-def log_generator(model_file: Path, classes: list[str], name: str = "model", latent_gmm: Path | None = None):
+def log_generator(model_file: Path, classes: list[str], name: str = "model", latent_gmm: Path | None = None,
+                  temperature: float = 1.0):
     """Log ``model_file`` as a pyfunc generator in the active run; returns MLflow's ModelInfo.
 
     ``latent_gmm``: a ``ClassGMM`` file to ship with it, so the served model draws its latents
-    from the same ex-post density as the evaluated samples (the ``sample`` stage does this)."""
+    from the same ex-post density as the evaluated samples (the ``sample`` stage does this), at
+    ``temperature`` unless a request says otherwise."""
     import torchvision
 
     package_dir = Path(__file__).resolve().parent
@@ -139,11 +144,13 @@ def log_generator(model_file: Path, classes: list[str], name: str = "model", lat
         python_model=str(package_dir / "mlflow_model.py"),  # model from code: nothing pickled
         artifacts={"model": str(model_file)} | ({GMM_ARTIFACT: str(latent_gmm)} if latent_gmm else {}),
         code_paths=[str(package_dir)],
-        signature=signature(),
+        signature=signature(temperature),
+        model_config={"temperature": float(temperature)},
         input_example=list(classes[:2]),
         pip_requirements=requirements,
         metadata={"classes": list(classes), "input": "class names or indices (column 'label')",
                   "params": "seed (int, -1 = random), temperature (float), latents (gmm | prior)",
+                  "default_temperature": float(temperature),
                   "latents": "ex-post per-class GMM" if latent_gmm else "model prior",
                   "output": "float32 images [N,3,32,32] in [0,1]"},
     )
