@@ -41,7 +41,6 @@ def generate(model: BaseCVAE, num_classes: int, per_class: int, temperature: flo
     return np.concatenate(chunks), labels.numpy().astype(np.int64)
 
 
-
 @torch.no_grad()
 def reconstruct_set(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, batch_size: int = 500,
                     progress: bool = True) -> np.ndarray:
@@ -58,6 +57,7 @@ def reconstruct_set(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, bat
     chunks = [to_uint8(model.reconstruct(x, y))
               for x, y in tqdm(batches, desc="reconstruct", unit="batch", mininterval=2.0, disable=not progress)]
     return np.concatenate(chunks)
+
 
 def grid_of(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row: int = 10):
     """A PIL grid with one row per class, the first ``per_row`` samples of each."""
