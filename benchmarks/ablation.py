@@ -6,11 +6,14 @@ test images' Inception statistics, with the likelihood bounds on 2,000 test imag
 their own MLflow experiment (``cvae-ablation``) so ``cvae report --experiment cvae-ablation``
 prints the table. The headline rows (``--headline``) use the FID-10k protocol (1,000 samples per class) in the
 main experiment, each with the model, epochs and temperature it names (``head-resnet-7ep-beta05-t085`` is
-``params.yaml``'s default).
+``params.yaml``'s default). The decoder probes (``--probes``) ask which change to the default's model
+makes a better *decoder*: each is scored on 2,000 samples and on the reconstruction FID of 2,000 test
+images (``evaluate.reconstruction_fid``), the floor a better prior or GMM could not get under.
 
     python benchmarks/ablation.py                 # queue every ablation row
     python benchmarks/ablation.py --only mlp conv # queue some
     python benchmarks/ablation.py --headline      # queue the FID-10k rows (baseline, conv, resnet, ...)
+    python benchmarks/ablation.py --probes        # queue the decoder probes (FID-2k + reconstruction FID-2k)
     dvc queue start -j 1                          # one at a time: two heavy runs slow each other 5-10x
     python benchmarks/ablation.py --table         # the README's tables, from the MLflow runs
     cvae report --experiment cvae-ablation        # every run, every differing param
@@ -98,6 +101,22 @@ HEADLINE: dict[str, list[str]] = {
 }
 
 
+#: the default's model and sampling, scored cheaply: FID-2k of its samples and of 2,000 test reconstructions
+PROBE = ["model.backbone=resnet", "model.width=32", "train.epochs=7", "train.beta=0.5", "sample.temperature=0.85",
+         "sample.per_class=200", "evaluate.reconstruction_fid=true", "evaluate.likelihood_images=2000"]
+
+#: decoder probes, in the main MLflow experiment: one change each to the default's model (``probe-default-2k``).
+#: "20ep-2k" is the best model's training (head-resnet-beta05, 59 min), measured by re-sampling that model.
+PROBES: dict[str, list[str]] = {
+    "default-2k": PROBE,
+    # more information in the latent: does a higher-rate code give sharper reconstructions?
+    "beta02-2k": merged(PROBE, ["train.beta=0.2"]),
+    # more decoder (and encoder) capacity: ~2.2x the compute per epoch
+    "w48-2k": merged(PROBE, ["model.width=48"]),
+    "20ep-2k": merged(PROBE, ["train.epochs=20"]),
+}
+
+
 def queue(name: str, overrides: list[str], dry_run: bool) -> None:
     cmd = ["dvc", "exp", "run", "--queue", "-n", name]
     for item in overrides:
@@ -115,7 +134,14 @@ COLUMNS = {
 }
 
 
-def results_table(experiment: str, names: list[str]) -> str:
+#: the decoder probes' columns: the two FIDs side by side, and what the latent carries
+PROBE_COLUMNS = {
+    "fid": "FID-2k", "reconstruction_fid": "reconstruction FID-2k", "kid_mean": "KID", "recon_psnr_db": "PSNR dB",
+    "final_train_kl": "KL nats", "test_neg_elbo_nats": "-ELBO nats", "final_train_seconds": "train s",
+}
+
+
+def results_table(experiment: str, names: list[str], columns: dict[str, str] = COLUMNS) -> str:
     """A markdown table of the newest finished run of each name that has been evaluated, in ``names`` order."""
     import mlflow
 
@@ -128,28 +154,31 @@ def results_table(experiment: str, names: list[str]) -> str:
     for run in sorted(runs, key=lambda r: r.info.start_time):
         if run.info.status == "FINISHED" and "fid" in run.data.metrics:
             newest[run.info.run_name] = run
-    lines = ["| row | " + " | ".join(COLUMNS.values()) + " | samples |", "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = ["| row | " + " | ".join(columns.values()) + " | samples |", "|---" * (len(columns) + 2) + "|"]
     for name in names:
         run = newest.get(name)
         if run is None:
-            lines.append(f"| {name} | not run |" + " |" * len(COLUMNS))
+            lines.append(f"| {name} | not run |" + " |" * len(columns))
             continue
         m = run.data.metrics
         cells = []
-        for key in COLUMNS:
+        for key in columns:
             value = m.get(key)
-            cells.append("—" if value is None else f"{value:.0f}" if key == "final_train_seconds"
-                         else f"{value:.2f}" if key in ("fid", "test_neg_elbo_nats") else f"{value:.3f}")
+            cells.append("—" if value is None else f"{value:.0f}" if key in ("final_train_seconds", "final_train_kl")
+                         else f"{value:.2f}" if key in ("fid", "reconstruction_fid", "test_neg_elbo_nats", "recon_psnr_db")
+                         else f"{value:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {run.data.tags.get('samples.latents', 'model prior')} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(ROWS.keys() | HEADLINE.keys()),
+    parser.add_argument("--only", nargs="+", choices=sorted(ROWS.keys() | HEADLINE.keys() | PROBES.keys()),
                         help="queue only these rows")
-    parser.add_argument("--headline", action="store_true", help="queue the FID-10k headline rows instead")
-    parser.add_argument("--prefix", default="", help="prefix of the experiment names (default: abl-/head-)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--headline", action="store_true", help="queue the FID-10k headline rows instead")
+    which.add_argument("--probes", action="store_true", help="queue the decoder probes instead")
+    parser.add_argument("--prefix", default="", help="prefix of the experiment names (default: abl-/head-/probe-)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--table", action="store_true", help="print the results as markdown tables instead")
     args = parser.parse_args(argv)
@@ -158,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(results_table("cvae-ablation", [f"{args.prefix or 'abl-'}{name}" for name in ROWS]))
         print("\nHeadline (FID-10k):\n")
         print(results_table("cvae-cifar10", [f"{args.prefix or 'head-'}{name}" for name in HEADLINE]))
+        print("\nDecoder probes (FID-2k, reconstruction FID on 2,000 test images):\n")
+        print(results_table("cvae-cifar10", [f"{args.prefix or 'probe-'}{name}" for name in PROBES], PROBE_COLUMNS))
         return 0
-    if args.headline:
-        for name, overrides in HEADLINE.items():
+    if args.headline or args.probes:
+        rows, prefix = (HEADLINE, "head-") if args.headline else (PROBES, "probe-")
+        for name, overrides in rows.items():
             if args.only is None or name in args.only:
-                queue(f"{args.prefix or 'head-'}{name}", overrides, args.dry_run)
+                queue(f"{args.prefix or prefix}{name}", overrides, args.dry_run)
     else:
         for name in args.only or ROWS:
             queue(f"{args.prefix or 'abl-'}{name}", merged(ABLATION, ROWS[name]), args.dry_run)

@@ -48,12 +48,16 @@ def test_later_override_wins(ablation):
 def test_every_row_sets_existing_keys_to_valid_values(ablation):
     rows = {f"abl-{name}": ablation.merged(ablation.ABLATION, overrides) for name, overrides in ablation.ROWS.items()}
     rows |= {f"head-{name}": overrides for name, overrides in ablation.HEADLINE.items()}
+    rows |= {f"probe-{name}": overrides for name, overrides in ablation.PROBES.items()}
     for name, overrides in rows.items():
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         params = parse_params(_apply(raw, overrides), source=name)
         if name.startswith("abl-"):
             assert params.train.epochs == 1 and params.sample.per_class == 200, name
             assert params.mlflow.experiment == "cvae-ablation", name
+        elif name.startswith("probe-"):
+            assert params.sample.per_class == 200 and params.evaluate.likelihood_images == 2000, name
+            assert params.evaluate.reconstruction_fid, f"{name}: a decoder probe measures the reconstructions"
         else:
             assert params.sample.per_class == 1000, f"{name}: headline rows use the FID-10k protocol"
 
@@ -76,6 +80,17 @@ def test_dry_run_prints_one_queue_command_per_row(ablation, capsys):
     assert all("-S model.backbone=resnet" in cmd for cmd in commands if " abl-resnet " in cmd)
 
 
+def test_probes_change_one_thing_each_from_the_default_probe(ablation, capsys):
+    """Each decoder probe is the default's model with one change, so its FIDs are that change's."""
+    base = dict(item.split("=", 1) for item in ablation.PROBES["default-2k"])
+    for name, overrides in ablation.PROBES.items():
+        changed = {key for key, value in (item.split("=", 1) for item in overrides) if base.get(key) != value}
+        assert len(changed) == (0 if name == "default-2k" else 1), (name, changed)
+    assert ablation.main(["--probes", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dvc exp run --queue")]
+    assert [cmd.split()[5] for cmd in commands] == [f"probe-{name}" for name in ablation.PROBES]
+
+
 def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation):
     """The README's tables stay reproducible after params.yaml's defaults move on: every row pins the
     backbone, width, KL weight, epochs and sampling temperature it was measured with (the default moved
@@ -85,6 +100,7 @@ def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation)
                       "sample": {"temperature": 0.3}}
     rows = {f"abl-{name}": ablation.merged(ablation.ABLATION, overrides) for name, overrides in ablation.ROWS.items()}
     rows |= {f"head-{name}": overrides for name, overrides in ablation.HEADLINE.items()}
+    rows |= {f"probe-{name}": overrides for name, overrides in ablation.PROBES.items()}
     for name, overrides in rows.items():
         as_is = _apply(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
         moved = yaml.safe_load((ROOT / "params.yaml").read_text())
