@@ -113,6 +113,8 @@ PROBES: dict[str, list[str]] = {
     "beta02-2k": merged(PROBE, ["train.beta=0.2"]),
     # more decoder (and encoder) capacity: ~2.2x the compute per epoch
     "w48-2k": merged(PROBE, ["model.width=48"]),
+    # twice the optimizer steps per epoch at about the same compute: does the decoder want more updates?
+    "bs64-2k": merged(PROBE, ["train.batch_size=64"]),
     "20ep-2k": merged(PROBE, ["train.epochs=20"]),
 }
 
