@@ -91,6 +91,16 @@ def test_probes_change_one_thing_each_from_the_default_probe(ablation, capsys):
     assert [cmd.split()[5] for cmd in commands] == [f"probe-{name}" for name in ablation.PROBES]
 
 
+def test_only_names_rows_of_the_group_it_queues(ablation, capsys):
+    """``--only default-2k`` without ``--probes`` is a usage error, not a KeyError traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.main(["--only", "default-2k", "--dry-run"])
+    assert exit_info.value.code == 2
+    assert "default-2k" in capsys.readouterr().err
+    assert ablation.main(["--probes", "--only", "default-2k", "--dry-run"]) == 0
+    assert "probe-default-2k" in capsys.readouterr().out
+
+
 def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation):
     """The README's tables stay reproducible after params.yaml's defaults move on: every row pins the
     backbone, width, KL weight, epochs and sampling temperature it was measured with (the default moved
