@@ -106,7 +106,8 @@ PROBE = ["model.backbone=resnet", "model.width=32", "train.epochs=7", "train.bet
          "sample.per_class=200", "evaluate.reconstruction_fid=true", "evaluate.likelihood_images=2000"]
 
 #: decoder probes, in the main MLflow experiment: one change each to the default's model (``probe-default-2k``).
-#: "20ep-2k" is the best model's training (head-resnet-beta05, 59 min), measured by re-sampling that model.
+#: "default-2k" and "20ep-2k" (the best model's training, head-resnet-beta05, 59 min) were measured by
+#: re-sampling those models; queued from here they train first.
 PROBES: dict[str, list[str]] = {
     "default-2k": PROBE,
     # more information in the latent: does a higher-rate code give sharper reconstructions?
