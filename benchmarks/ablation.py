@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--table", action="store_true", help="print the results as markdown tables instead")
     args = parser.parse_args(argv)
-    group = HEADLINE if args.headline else PROBES if args.probes else ROWS
+    group, prefix = (HEADLINE, "head-") if args.headline else (PROBES, "probe-") if args.probes else (ROWS, "abl-")
     if args.only and not args.table and set(args.only) - group.keys():
         parser.error(f"not in this group: {', '.join(sorted(set(args.only) - group.keys()))} "
                      "(headline rows need --headline, probes --probes)")
@@ -197,14 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\nDecoder probes (FID-2k, reconstruction FID on 2,000 test images):\n")
         print(results_table("cvae-cifar10", [f"{args.prefix or 'probe-'}{name}" for name in PROBES], PROBE_COLUMNS))
         return 0
-    if args.headline or args.probes:
-        rows, prefix = (HEADLINE, "head-") if args.headline else (PROBES, "probe-")
-        for name, overrides in rows.items():
+    if group is ROWS:
+        for name in args.only or ROWS:
+            queue(f"{args.prefix or prefix}{name}", merged(ABLATION, ROWS[name]), args.dry_run)
+    else:
+        for name, overrides in group.items():
             if args.only is None or name in args.only:
                 queue(f"{args.prefix or prefix}{name}", overrides, args.dry_run)
-    else:
-        for name in args.only or ROWS:
-            queue(f"{args.prefix or 'abl-'}{name}", merged(ABLATION, ROWS[name]), args.dry_run)
     print("now: dvc queue start -j 1   (then `dvc queue status`, `cvae report --experiment cvae-ablation`)")
     return 0
 

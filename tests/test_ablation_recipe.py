@@ -41,15 +41,20 @@ def _apply(params: dict, overrides: list[str]) -> dict:
     return params
 
 
+def every_row(ablation) -> dict[str, list[str]]:
+    """Experiment name -> the ``-S`` overrides the recipe queues it with, for every group."""
+    rows = {f"abl-{name}": ablation.merged(ablation.ABLATION, overrides) for name, overrides in ablation.ROWS.items()}
+    rows |= {f"head-{name}": overrides for name, overrides in ablation.HEADLINE.items()}
+    rows |= {f"probe-{name}": overrides for name, overrides in ablation.PROBES.items()}
+    return rows
+
+
 def test_later_override_wins(ablation):
     assert ablation.merged(["a=1", "b=2"], ["a=3"]) == ["a=3", "b=2"]
 
 
 def test_every_row_sets_existing_keys_to_valid_values(ablation):
-    rows = {f"abl-{name}": ablation.merged(ablation.ABLATION, overrides) for name, overrides in ablation.ROWS.items()}
-    rows |= {f"head-{name}": overrides for name, overrides in ablation.HEADLINE.items()}
-    rows |= {f"probe-{name}": overrides for name, overrides in ablation.PROBES.items()}
-    for name, overrides in rows.items():
+    for name, overrides in every_row(ablation).items():
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         params = parse_params(_apply(raw, overrides), source=name)
         if name.startswith("abl-"):
@@ -108,10 +113,7 @@ def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation)
     pinned = [("model", "backbone"), ("model", "width"), ("train", "beta"), ("train", "epochs"), ("sample", "temperature")]
     other_defaults = {"model": {"backbone": "mlp", "width": 16}, "train": {"beta": 0.125, "epochs": 3},
                       "sample": {"temperature": 0.3}}
-    rows = {f"abl-{name}": ablation.merged(ablation.ABLATION, overrides) for name, overrides in ablation.ROWS.items()}
-    rows |= {f"head-{name}": overrides for name, overrides in ablation.HEADLINE.items()}
-    rows |= {f"probe-{name}": overrides for name, overrides in ablation.PROBES.items()}
-    for name, overrides in rows.items():
+    for name, overrides in every_row(ablation).items():
         as_is = _apply(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
         moved = yaml.safe_load((ROOT / "params.yaml").read_text())
         for section, values in other_defaults.items():

@@ -94,12 +94,18 @@ def test_pyfunc_generates_seeded_images_for_names_and_indices(logged_model):
         model.predict(["cat"], params={"temperature": 0.0})
 
 
-def test_generator_with_a_gmm_draws_its_latents_from_it(store, tmp_path):
-    """What the sample stage logs with ``sample.latents: gmm``: served images are the evaluated kind."""
+def toy_gmm(path: Path) -> ClassGMM:
+    """A per-class GMM on the toy model's 4-d latents, saved to ``path`` the way the sample stage ships it."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(len(CLASSES)), 20)
     gmm = ClassGMM.fit(rng.normal(labels[:, None] * 3.0, 0.5, size=(len(labels), 4)), labels, len(CLASSES), 2)
-    gmm.save(tmp_path / "latent_gmm.npz")
+    gmm.save(path)
+    return gmm
+
+
+def test_generator_with_a_gmm_draws_its_latents_from_it(store, tmp_path):
+    """What the sample stage logs with ``sample.latents: gmm``: served images are the evaluated kind."""
+    gmm = toy_gmm(tmp_path / "latent_gmm.npz")
     mlflow.set_tracking_uri(store[0])
     served = mlflow.pyfunc.load_model(log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz"))
     assert served.metadata.metadata["latents"] == "ex-post per-class GMM"
@@ -121,14 +127,10 @@ def test_generator_with_a_gmm_draws_its_latents_from_it(store, tmp_path):
         without.predict(["cat"], params={"latents": "gmm"})
 
 
-
 def test_generator_serves_the_temperature_its_samples_were_scored_at(store, tmp_path):
     """The sample stage logs its generator with ``sample.temperature``: a request without a temperature
     gets that one (the scored images), a request with one gets what it asks for."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(len(CLASSES)), 20)
-    gmm = ClassGMM.fit(rng.normal(labels[:, None] * 3.0, 0.5, size=(len(labels), 4)), labels, len(CLASSES), 2)
-    gmm.save(tmp_path / "latent_gmm.npz")
+    gmm = toy_gmm(tmp_path / "latent_gmm.npz")
     mlflow.set_tracking_uri(store[0])
     served = mlflow.pyfunc.load_model(log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz",
                                              temperature=0.85))
@@ -142,6 +144,7 @@ def test_generator_serves_the_temperature_its_samples_were_scored_at(store, tmp_
     images = served.predict(["cat", "truck"], params={"seed": 5})
     assert np.allclose(images, direct(0.85), atol=1e-6) and not np.allclose(images, direct(1.0), atol=1e-3)
     assert np.allclose(served.predict(["cat", "truck"], params={"seed": 5, "temperature": 1.0}), direct(1.0), atol=1e-6)
+
 
 def post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
