@@ -102,7 +102,8 @@ HEADLINE: dict[str, list[str]] = {
 
 
 #: the default's model and sampling, scored cheaply: FID-2k of its samples and of 2,000 test reconstructions
-PROBE = ["model.backbone=resnet", "model.width=32", "train.epochs=7", "train.beta=0.5", "sample.temperature=0.85",
+PROBE = ["model.backbone=resnet", "model.width=32", "model.latent_dim=64", "model.latent_resolution=1",
+         "train.epochs=7", "train.beta=0.5", "sample.temperature=0.85",
          "sample.per_class=200", "evaluate.reconstruction_fid=true", "evaluate.likelihood_images=2000"]
 
 #: decoder probes, in the main MLflow experiment: one change each to the default's model (``probe-default-2k``).
@@ -117,6 +118,10 @@ PROBES: dict[str, list[str]] = {
     # twice the optimizer steps per epoch at about the same compute: does the decoder want more updates?
     "bs64-2k": merged(PROBE, ["train.batch_size=64"]),
     "20ep-2k": merged(PROBE, ["train.epochs=20"]),
+    # a latent map instead of a vector: local information for the decoder. The same 64 numbers as
+    # one 8x8 channel, and 256 as four (the one probe that also moves latent_dim: a map's channels)
+    "map8-2k": merged(PROBE, ["model.latent_resolution=8"]),
+    "map8x4-2k": merged(PROBE, ["model.latent_resolution=8", "model.latent_dim=256"]),
 }
 
 

@@ -186,6 +186,7 @@ NEW_OPTIONS = {
     "flow-prior": {"prior": "flow", "flow": {"prior_steps": 2, "hidden": 32}},
     "logistic-mixture": {"likelihood": "logistic_mixture", "mixtures": 3},
     "gaussian-pixel": {"gaussian_variance": "pixel"},
+    "latent-map": {"backbone": "resnet", "latent_resolution": 4, "latent_dim": 32},
 }
 
 
@@ -197,7 +198,7 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("option", NEW_OPTIONS.values(), ids=NEW_OPTIONS.keys())
 def test_each_new_option_trains_one_epoch_on_a_tiny_subset(tiny, tmp_path, option):
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone="conv", latent_dim=8, width=8, **option), 10)
+    model = build_model(ModelParams(**{"backbone": "conv", "latent_dim": 8, "width": 8, **option}), 10)
     cfg = TrainParams(epochs=1, batch_size=20, lr=2e-3, kl_warmup_epochs=0, warmup_epochs=0, ema_decay=None,
                       free_bits=0.05)
     trainer = Trainer(model, cfg, torch.device("cpu"), load_prepared(tiny, "train"), load_prepared(tiny, "val"),

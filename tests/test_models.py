@@ -137,3 +137,42 @@ def test_temperature_scales_the_latent_draw():
     zero_temp = model.sample(torch.tensor([1, 1]), temperature=0.0)
     assert torch.allclose(zero_temp[0], zero_temp[1])  # z = 0 for both: identical images
     assert not math.isnan(zero_temp.sum().item())
+
+
+@pytest.mark.parametrize(("resolution", "posterior", "conditioning"),
+                         [(4, "none", "concat"), (8, "none", "film"), (8, "iaf", "film"), (4, "planar", "film")])
+def test_latent_map_backbone_keeps_z_flat_and_trains(resolution, posterior, conditioning):
+    """A latent map is a flat [B, latent_dim] z to the rest of the model (flows, priors, the GMM)."""
+    torch.manual_seed(0)
+    cfg = ModelParams(backbone="resnet", latent_dim=2 * resolution**2, width=8, latent_resolution=resolution,
+                      conditioning=conditioning, flow={"posterior": posterior, "steps": 2, "hidden": 16})
+    model = build_model(cfg, num_classes=10)
+    x, y = batch()
+    mu, logvar, context = model.encode(x, y)
+    assert mu.shape == logvar.shape == (6, 2 * resolution**2)
+    assert (context is None) == (posterior == "none")
+    terms = model.loss(x, y, beta=0.5)
+    terms.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.sample(torch.arange(10)).shape == (10, 3, 32, 32)
+
+
+def test_latent_map_decoder_is_local():
+    """The point of a latent map: a change of z at one corner of the 8x8 map moves the image near
+    that corner far more than at the opposite one (a vector z has no such layout)."""
+    torch.manual_seed(0)
+    model = build_model(ModelParams(backbone="resnet", latent_dim=64, width=8, latent_resolution=8), 10).eval()
+    y = torch.zeros(1, dtype=torch.long)
+    z = torch.zeros(1, 64)
+    moved = z.clone()
+    moved[0, 0] = 5.0  # channel 0, row 0, column 0 of the map
+    change = (model.decode(moved, y) - model.decode(z, y)).abs().sum(1)[0]
+    assert change[:8, :8].sum() > 10 * change[24:, 24:].sum()
+
+
+def test_latent_map_params_are_checked():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        ModelParams(backbone="resnet", latent_dim=100, latent_resolution=8)
+    with pytest.raises(ValueError, match="needs backbone resnet"):
+        ModelParams(backbone="conv", latent_dim=64, latent_resolution=8)
+    assert ModelParams(backbone="conv", latent_dim=10).latent_resolution == 1

@@ -109,6 +109,8 @@ class ModelParams(_Section):
     latent_dim: StrictInt = Field(default=64, ge=1, le=4096)
     width: StrictInt = Field(default=32, ge=4, le=2048, description="hidden units (mlp) / base channels")
     blocks: StrictInt = Field(default=1, ge=0, le=8, description="residual blocks per resolution (resnet)")
+    latent_resolution: Literal[1, 4, 8] = Field(
+        default=1, description="1: z is a vector; 4 or 8: z is a latent_dim/r^2-channel r x r map (resnet only)")
     conditioning: Literal["concat", "film"] = "film"
     prior: Literal["standard", "flow"] = Field(
         default="standard", description="p(z|y): standard N(0, I) | flow (class-conditional RealNVP, trained jointly)")
@@ -117,6 +119,16 @@ class ModelParams(_Section):
     gaussian_variance: Literal["fixed", "learned", "pixel"] = "learned"
     gaussian_std: float = Field(default=0.1, gt=0, le=1, description="fixed std, or the learned std's start")
     mixtures: StrictInt = Field(default=10, ge=1, le=64, description="components of likelihood=logistic_mixture")
+
+    @model_validator(mode="after")
+    def _latent_map_fits(self) -> ModelParams:
+        r = self.latent_resolution
+        if r > 1 and self.backbone != "resnet":
+            raise ValueError(f"latent_resolution {r} needs backbone resnet (got {self.backbone}); set latent_resolution 1")
+        if self.latent_dim % (r * r):
+            raise ValueError(f"latent_dim {self.latent_dim} is not a whole number of {r}x{r} channels; "
+                             f"use a multiple of {r * r}")
+        return self
 
 
 class TrainParams(_Section):

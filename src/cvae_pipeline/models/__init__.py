@@ -30,6 +30,7 @@ def build_model(cfg, num_classes: int) -> BaseCVAE:
         kwargs["prior"] = FlowPrior(cfg.latent_dim, num_classes, flow.prior_steps, flow.hidden)
     if cfg.backbone == "resnet":
         kwargs["blocks"] = cfg.blocks
+        kwargs["latent_resolution"] = cfg.latent_resolution
     return BACKBONES[cfg.backbone](num_classes, cfg.latent_dim, likelihood, **kwargs)
 
 
