@@ -111,10 +111,13 @@ def test_only_names_rows_of_the_group_it_queues(ablation, capsys):
 
 def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation):
     """The README's tables stay reproducible after params.yaml's defaults move on: every row pins the
-    backbone, width, KL weight, epochs and sampling temperature it was measured with (the default moved
-    from conv to resnet, from beta 1 to 0.5 and from temperature 1 to 0.85 after most rows were run)."""
-    pinned = [("model", "backbone"), ("model", "width"), ("train", "beta"), ("train", "epochs"), ("sample", "temperature")]
-    other_defaults = {"model": {"backbone": "mlp", "width": 16}, "train": {"beta": 0.125, "epochs": 3},
+    backbone, width, latent, KL weight, epochs and sampling temperature it was measured with (the default
+    moved from conv to resnet, from beta 1 to 0.5, from temperature 1 to 0.85 and from a vector z to a
+    latent map after most rows were run)."""
+    pinned = [("model", "backbone"), ("model", "width"), ("model", "latent_dim"), ("model", "latent_resolution"),
+              ("train", "beta"), ("train", "epochs"), ("sample", "temperature")]
+    other_defaults = {"model": {"backbone": "mlp", "width": 16, "latent_dim": 48, "latent_resolution": 4},
+                      "train": {"beta": 0.125, "epochs": 3},
                       "sample": {"temperature": 0.3}}
     for name, overrides in every_row(ablation).items():
         as_is = _apply(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
