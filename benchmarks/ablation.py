@@ -5,7 +5,7 @@ warm-up shortened to fit it) and is scored on 2,000 samples (200 per class) agai
 test images' Inception statistics, with the likelihood bounds on 2,000 test images. Rows go to
 their own MLflow experiment (``cvae-ablation``) so ``cvae report --experiment cvae-ablation``
 prints the table. The headline rows (``--headline``) use the FID-10k protocol (1,000 samples per class) in the
-main experiment, each with the model, epochs and temperature it names (``head-resnet-7ep-beta05-t085`` is
+main experiment, each with the model, epochs and temperature it names (``head-map8x4`` is
 ``params.yaml``'s default). The decoder probes (``--probes``) ask which change to the default's model
 makes a better *decoder*: each is scored on 2,000 samples and on the reconstruction FID of 2,000 test
 images (``evaluate.reconstruction_fid``), the floor a better prior or GMM could not get under.

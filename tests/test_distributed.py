@@ -36,7 +36,7 @@ def test_global_batch_must_divide_among_processes():
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_model_tracked_once(tmp_path):
-    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 16, "latent_dim": 4},
+    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1},
                          {"epochs": 2, "batch_size": 32}, train_per_class=8)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

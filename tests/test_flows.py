@@ -212,7 +212,7 @@ def test_each_new_option_trains_one_epoch_on_a_tiny_subset(tiny, tmp_path, optio
 
 def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
     """train then sample (sample.latents=gmm, decoder_output=sample) as stages, untracked."""
-    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 16, "latent_dim": 4,
+    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1,
                                            "flow": {"posterior": "iaf", "steps": 2, "hidden": 16, "prior_steps": 4}},
                          {"epochs": 1, "batch_size": 50}, train_per_class=6)
     import yaml

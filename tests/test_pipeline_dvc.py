@@ -44,7 +44,7 @@ def dvc_repo(tmp_path_factory) -> Path:
     params = write_params(repo, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25)
     # the real pipeline, shrunk: a small model, one epoch
     text = yaml.safe_load(params.read_text())
-    text["model"].update(backbone="mlp", width=32, latent_dim=8)
+    text["model"].update(backbone="mlp", width=32, latent_dim=8, latent_resolution=1)
     text["train"].update(epochs=1, batch_size=32)
     text["sample"].update(per_class=5, gmm_components=2, temperature=1.0)  # the tests re-sample at 0.5
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import BIN, clean_env, free_port, run_stage, running_server, train_workspace
 
-TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4}
+TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
 TINY_TRAIN = {"epochs": 1, "batch_size": 64}
 
 

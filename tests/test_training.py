@@ -166,7 +166,7 @@ def read_mlflow_run(workspace: Path):
 
 
 def test_train_stage_tracks_one_mlflow_run_with_params_metrics_grid_and_model(tmp_path):
-    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 32, "latent_dim": 8},
+    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 32, "latent_dim": 8, "latent_resolution": 1},
                          {"epochs": 2, "batch_size": 64})
     result = run_stage("train", ws)
     assert result.returncode == 0, result.stderr
@@ -216,7 +216,7 @@ def test_bad_backbone_fails_at_once_listing_valid_ones(tmp_path):
 @pytest.mark.slow
 def test_killed_stage_resumes_to_the_same_weights(tmp_path):
     """SIGKILL the real stage process after its first checkpoint; `dvc repro train` again resumes."""
-    settings = ({"backbone": "conv", "width": 16, "latent_dim": 16}, {"epochs": 4, "batch_size": 32})
+    settings = ({"backbone": "conv", "width": 16, "latent_dim": 16, "latent_resolution": 1}, {"epochs": 4, "batch_size": 32})
     killed = train_workspace(tmp_path / "killed", *settings, train_per_class=60)
     clean = train_workspace(tmp_path / "clean", *settings, train_per_class=60)
     proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=killed, env=clean_env(),
