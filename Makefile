@@ -15,7 +15,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: install run test test-fast ui clean-venv
+.PHONY: install run test test-fast lint format ui clean-venv
 
 install: $(STAMP)
 
@@ -33,6 +33,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	pytest -m 'not slow'
+
+# ruff, configured in pyproject.toml: the formatter's verdict first, then the linter's
+lint: $(STAMP)
+	ruff format --check .
+	ruff check .
+
+format: $(STAMP)
+	ruff format .
+	ruff check --fix .
 
 # The MLflow UI over the project's store (the one every stage and experiment logs to).
 # With MLFLOW_TRACKING_URI pointing at a server, that server already is the UI.

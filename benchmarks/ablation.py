@@ -28,6 +28,7 @@ import argparse
 import subprocess
 import sys
 
+
 def merged(*overrides: list[str]) -> list[str]:
     """``key=value`` lists combined, a later list's value winning for the same key."""
     out: dict[str, str] = {}
@@ -39,17 +40,33 @@ def merged(*overrides: list[str]) -> list[str]:
 #: the short protocol shared by every ablation row, on the conv model and KL weight the table was measured
 #: with (pinned, so that a later change of params.yaml's defaults does not change the rows)
 ABLATION = [
-    "model.backbone=conv", "model.width=64", "model.latent_dim=64", "model.latent_resolution=1", "train.beta=1.0",
-    "train.epochs=1", "train.warmup_epochs=0.1", "train.kl_warmup_epochs=0.3",
-    "sample.per_class=200", "sample.latents=prior", "sample.temperature=1.0",
-    "evaluate.likelihood_images=2000", "evaluate.iw_samples=8",
-    "mlflow.experiment=cvae-ablation", "mlflow.registered_model=null",
+    "model.backbone=conv",
+    "model.width=64",
+    "model.latent_dim=64",
+    "model.latent_resolution=1",
+    "train.beta=1.0",
+    "train.epochs=1",
+    "train.warmup_epochs=0.1",
+    "train.kl_warmup_epochs=0.3",
+    "sample.per_class=200",
+    "sample.latents=prior",
+    "sample.temperature=1.0",
+    "evaluate.likelihood_images=2000",
+    "evaluate.iw_samples=8",
+    "mlflow.experiment=cvae-ablation",
+    "mlflow.registered_model=null",
 ]
 
 #: the classic CVAE of the original write-up
-CLASSIC = ["model.backbone=mlp", "model.width=128", "model.latent_dim=32", "model.latent_resolution=1",
-           "model.conditioning=concat",
-           "model.likelihood=bernoulli", "train.beta=1.0"]
+CLASSIC = [
+    "model.backbone=mlp",
+    "model.width=128",
+    "model.latent_dim=32",
+    "model.latent_resolution=1",
+    "model.conditioning=concat",
+    "model.likelihood=bernoulli",
+    "train.beta=1.0",
+]
 
 #: row name -> overrides on top of params.yaml and ABLATION (a row's value wins)
 ROWS: dict[str, list[str]] = {
@@ -67,16 +84,30 @@ ROWS: dict[str, list[str]] = {
 }
 
 #: the resnet of the headline rows (width 32, 1 block per resolution) at the FID-10k protocol
-RESNET_10K = ["model.backbone=resnet", "model.width=32", "model.latent_dim=64", "model.latent_resolution=1",
-              "sample.per_class=1000", "sample.temperature=1.0"]
+RESNET_10K = [
+    "model.backbone=resnet",
+    "model.width=32",
+    "model.latent_dim=64",
+    "model.latent_resolution=1",
+    "sample.per_class=1000",
+    "sample.temperature=1.0",
+]
 
 #: FID-10k rows, in the main MLflow experiment. Each pins the training it was measured with, so the
 #: rows stay the same runs whatever params.yaml's defaults become.
 HEADLINE: dict[str, list[str]] = {
     "baseline": CLASSIC + ["train.epochs=8", "sample.per_class=1000", "sample.latents=prior", "sample.temperature=1.0"],
     # the default until the resnet rows were measured (its FID-10k run was named head-default then)
-    "conv": ["model.backbone=conv", "model.width=64", "model.latent_dim=64", "model.latent_resolution=1",
-             "train.epochs=8", "train.beta=1.0", "sample.per_class=1000", "sample.temperature=1.0"],
+    "conv": [
+        "model.backbone=conv",
+        "model.width=64",
+        "model.latent_dim=64",
+        "model.latent_resolution=1",
+        "train.epochs=8",
+        "train.beta=1.0",
+        "sample.per_class=1000",
+        "sample.temperature=1.0",
+    ],
     # the ablation's best backbone per epoch (resnet w32: FID-2k 324 vs conv's 431 after one epoch) with
     # the default's GMM sampling, 20 epochs (~60 min of training here, inside the issue's 90-minute budget)
     "resnet": RESNET_10K + ["train.epochs=20", "train.beta=1.0"],
@@ -103,18 +134,43 @@ HEADLINE: dict[str, list[str]] = {
     # the default's 7-epoch training with z as a 4-channel 8x8 latent map (probe-map8x4-2k): measured by
     # re-sampling that probe's model, `dvc exp apply probe-map8x4-2k && dvc exp run -n head-map8x4
     # -S sample.per_class=1000 -S evaluate.likelihood_images=null -S evaluate.reconstruction_fid=false`
-    "map8x4": merged(RESNET_10K, ["model.latent_dim=256", "model.latent_resolution=8", "train.epochs=7",
-                                  "train.beta=0.5", "sample.temperature=0.85"]),
+    "map8x4": merged(
+        RESNET_10K,
+        [
+            "model.latent_dim=256",
+            "model.latent_resolution=8",
+            "train.epochs=7",
+            "train.beta=0.5",
+            "sample.temperature=0.85",
+        ],
+    ),
     # the same for 16 epochs (~45 min of training here): what the rest of the 90-minute budget buys it
-    "map8x4-16ep": merged(RESNET_10K, ["model.latent_dim=256", "model.latent_resolution=8", "train.epochs=16",
-                                       "train.beta=0.5", "sample.temperature=0.85"]),
+    "map8x4-16ep": merged(
+        RESNET_10K,
+        [
+            "model.latent_dim=256",
+            "model.latent_resolution=8",
+            "train.epochs=16",
+            "train.beta=0.5",
+            "sample.temperature=0.85",
+        ],
+    ),
 }
 
 
 #: the default's model and sampling, scored cheaply: FID-2k of its samples and of 2,000 test reconstructions
-PROBE = ["model.backbone=resnet", "model.width=32", "model.latent_dim=64", "model.latent_resolution=1",
-         "train.epochs=7", "train.beta=0.5", "sample.temperature=0.85",
-         "sample.per_class=200", "evaluate.reconstruction_fid=true", "evaluate.likelihood_images=2000"]
+PROBE = [
+    "model.backbone=resnet",
+    "model.width=32",
+    "model.latent_dim=64",
+    "model.latent_resolution=1",
+    "train.epochs=7",
+    "train.beta=0.5",
+    "sample.temperature=0.85",
+    "sample.per_class=200",
+    "evaluate.reconstruction_fid=true",
+    "evaluate.likelihood_images=2000",
+]
 
 #: decoder probes, in the main MLflow experiment: one change each to the default's model (``probe-default-2k``).
 #: "default-2k" and "20ep-2k" (the best model's training, head-resnet-beta05, 59 min) were measured by
@@ -146,16 +202,27 @@ def queue(name: str, overrides: list[str], dry_run: bool) -> None:
 
 #: table columns: MLflow metric -> header
 COLUMNS = {
-    "fid": "FID", "kid_mean": "KID", "class_consistency": "class consistency", "precision": "precision",
-    "recall": "recall", "test_neg_elbo_bits_per_dim": "-ELBO bits/dim", "test_iw_bound_bits_per_dim": "IW bits/dim",
-    "test_neg_elbo_nats": "-ELBO nats", "final_train_seconds": "train s",
+    "fid": "FID",
+    "kid_mean": "KID",
+    "class_consistency": "class consistency",
+    "precision": "precision",
+    "recall": "recall",
+    "test_neg_elbo_bits_per_dim": "-ELBO bits/dim",
+    "test_iw_bound_bits_per_dim": "IW bits/dim",
+    "test_neg_elbo_nats": "-ELBO nats",
+    "final_train_seconds": "train s",
 }
 
 
 #: the decoder probes' columns: the two FIDs side by side, and what the latent carries
 PROBE_COLUMNS = {
-    "fid": "FID-2k", "reconstruction_fid": "reconstruction FID-2k", "kid_mean": "KID", "recon_psnr_db": "PSNR dB",
-    "final_train_kl": "KL nats", "test_neg_elbo_nats": "-ELBO nats", "final_train_seconds": "train s",
+    "fid": "FID-2k",
+    "reconstruction_fid": "reconstruction FID-2k",
+    "kid_mean": "KID",
+    "recon_psnr_db": "PSNR dB",
+    "final_train_kl": "KL nats",
+    "test_neg_elbo_nats": "-ELBO nats",
+    "final_train_seconds": "train s",
 }
 
 
@@ -182,17 +249,24 @@ def results_table(experiment: str, names: list[str], columns: dict[str, str] = C
         cells = []
         for key in columns:
             value = m.get(key)
-            cells.append("—" if value is None else f"{value:.0f}" if key in ("final_train_seconds", "final_train_kl")
-                         else f"{value:.2f}" if key in ("fid", "reconstruction_fid", "test_neg_elbo_nats", "recon_psnr_db")
-                         else f"{value:.3f}")
+            cells.append(
+                "—"
+                if value is None
+                else f"{value:.0f}"
+                if key in ("final_train_seconds", "final_train_kl")
+                else f"{value:.2f}"
+                if key in ("fid", "reconstruction_fid", "test_neg_elbo_nats", "recon_psnr_db")
+                else f"{value:.3f}"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {run.data.tags.get('samples.latents', 'model prior')} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(ROWS.keys() | HEADLINE.keys() | PROBES.keys()),
-                        help="queue only these rows")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(ROWS.keys() | HEADLINE.keys() | PROBES.keys()), help="queue only these rows"
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--headline", action="store_true", help="queue the FID-10k headline rows instead")
     which.add_argument("--probes", action="store_true", help="queue the decoder probes instead")
@@ -202,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     group, prefix = (HEADLINE, "head-") if args.headline else (PROBES, "probe-") if args.probes else (ROWS, "abl-")
     if args.only and not args.table and set(args.only) - group.keys():
-        parser.error(f"not in this group: {', '.join(sorted(set(args.only) - group.keys()))} "
-                     "(headline rows need --headline, probes --probes)")
+        parser.error(
+            f"not in this group: {', '.join(sorted(set(args.only) - group.keys()))} "
+            "(headline rows need --headline, probes --probes)"
+        )
     if args.table:
         print(f"Ablation ({', '.join(ABLATION[:6])}):\n")
         print(results_table("cvae-ablation", [f"{args.prefix or 'abl-'}{name}" for name in ROWS]))

@@ -106,7 +106,7 @@ def main() -> None:
     fid_ours, fid_theirs = fid(*ours), pytorch_fid_fid(*theirs)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}, {device}",
+        f"torch {torch.__version__}, {device}",
         "images": n,
         "project_images_per_second": n / t_ours,
         "pytorch_fid_images_per_second": n / t_theirs,
@@ -120,8 +120,10 @@ def main() -> None:
     print(f"{n} CIFAR-10 test images as PNG, batch 50, FID of the first half vs the second:")
     print(f"  project     : {result['project_images_per_second']:6.2f} images/s   FID {fid_ours:.4f}")
     print(f"  pytorch-fid : {result['pytorch_fid_images_per_second']:6.2f} images/s   FID {fid_theirs:.4f}")
-    print(f"  ratio       : {result['ratio']:6.2f}x   FID difference {100 * result['fid_relative_difference']:.4f}%"
-          f"   max feature difference {result['max_feature_difference']:.2e}")
+    print(
+        f"  ratio       : {result['ratio']:6.2f}x   FID difference {100 * result['fid_relative_difference']:.4f}%"
+        f"   max feature difference {result['max_feature_difference']:.2e}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -41,12 +41,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cvae_pipeline.config import ModelParams, TrainParams, load_params  # noqa: E402
+from cvae_pipeline.config import ModelParams, load_params  # noqa: E402
 from cvae_pipeline.data.prepared import PreparedSplit, load_prepared  # noqa: E402
 from cvae_pipeline.models import build_model  # noqa: E402
 from cvae_pipeline.training.loop import Trainer  # noqa: E402
 
-CLASSIC = dict(backbone="mlp", width=128, latent_dim=32, conditioning="concat", likelihood="bernoulli")
+CLASSIC = dict(
+    backbone="mlp", width=128, latent_dim=32, latent_resolution=1, conditioning="concat", likelihood="bernoulli"
+)
+DEFAULTS = load_params(REPO / "params.yaml")
 
 
 def subset(split: PreparedSplit, n: int) -> PreparedSplit:
@@ -55,8 +58,19 @@ def subset(split: PreparedSplit, n: int) -> PreparedSplit:
 
 def project_loop(model_params: ModelParams, data: PreparedSplit, batch_size: int) -> float:
     """Images/s of one epoch of the project's Trainer (after a warm-up epoch on a few batches)."""
-    cfg = TrainParams(epochs=1, batch_size=batch_size, lr=1e-3, optimizer="adam", lr_schedule="constant",
-                      warmup_epochs=0, kl_warmup_epochs=0, grad_clip=None, ema_decay=None)
+    cfg = DEFAULTS.train.model_copy(
+        update=dict(
+            epochs=1,
+            batch_size=batch_size,
+            lr=1e-3,
+            optimizer="adam",
+            lr_schedule="constant",
+            warmup_epochs=0,
+            kl_warmup_epochs=0,
+            grad_clip=None,
+            ema_decay=None,
+        )
+    )
     torch.manual_seed(0)
     model = build_model(model_params, len(data.classes))
     warm = subset(data, batch_size * 3)
@@ -112,7 +126,7 @@ def data_path_only(data: PreparedSplit, batch_size: int) -> dict[str, float]:
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from cvae_pipeline.training.batches import BatchStream
+    from cvae_pipeline.batches import BatchStream
 
     stream = BatchStream(data.images, data.labels, batch_size, DEVICE, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
@@ -123,9 +137,16 @@ def data_path_only(data: PreparedSplit, batch_size: int) -> dict[str, float]:
     to_tensor = transforms.ToTensor()
     hwc = data.images.transpose(0, 2, 3, 1)
     items = [(hwc[i], int(data.labels[i])) for i in range(len(data.labels))]
-    loader = DataLoader(items, batch_size=batch_size, shuffle=True, num_workers=0,
-                        collate_fn=lambda b: (torch.stack([to_tensor(Image.fromarray(x)) for x, _ in b]),
-                                              torch.tensor([y for _, y in b])))
+    loader = DataLoader(
+        items,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=0,
+        collate_fn=lambda b: (
+            torch.stack([to_tensor(Image.fromarray(x)) for x, _ in b]),
+            torch.tensor([y for _, y in b]),
+        ),
+    )
     start = time.perf_counter()
     for _ in loader:
         pass
@@ -141,17 +162,22 @@ def peak_memory_mb() -> float:
 
 def measure(kind: str, images: int) -> dict:
     data = subset(load_prepared(REPO / "data" / "prepared", "train"), images)
-    defaults = load_params(REPO / "params.yaml")
+    defaults = DEFAULTS
     if kind == "data":
         return {"kind": kind, **data_path_only(data, 64)}
     if kind in ("project", "original"):
-        params = ModelParams(**CLASSIC)
+        params = DEFAULTS.model.model_copy(update=CLASSIC)
         ips = (project_loop if kind == "project" else original_loop)(params, data, 64)
     else:
         params = defaults.model.model_copy(update={"backbone": kind})
         ips = project_loop(params, data, defaults.train.batch_size)
-    return {"kind": kind, "images_per_second": ips, "peak_memory_mb": peak_memory_mb(),
-            "width": params.width, "latent_dim": params.latent_dim}
+    return {
+        "kind": kind,
+        "images_per_second": ips,
+        "peak_memory_mb": peak_memory_mb(),
+        "width": params.width,
+        "latent_dim": params.latent_dim,
+    }
 
 
 def main() -> None:
@@ -168,13 +194,26 @@ def main() -> None:
 
     results = {}
     for kind in ("project", "original", "data", "conv", "resnet"):
-        out = subprocess.run([sys.executable, __file__, "--only", kind, "--images", str(args.images),
-                              "--backbone-images", str(args.backbone_images)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--only",
+                kind,
+                "--images",
+                str(args.images),
+                "--backbone-images",
+                str(args.backbone_images),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"  measured {kind}", file=sys.stderr)
     ratio = results["project"]["images_per_second"] / results["original"]["images_per_second"]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {DEVICE}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {DEVICE}"
     print(f"machine: {machine}")
     print(f"mlp (classic CVAE), batch 64, {args.images} images:")
     print(f"  project loop : {results['project']['images_per_second']:8.0f} images/s")
@@ -188,7 +227,8 @@ def main() -> None:
     print(f"default width, batch from params.yaml, {args.backbone_images} images:")
     for kind in ("conv", "resnet"):
         r = results[kind]
-        print(f"  {kind:6s} (width {r['width']}): {r['images_per_second']:6.0f} images/s, peak memory {r['peak_memory_mb']:.0f} MB")
+        speed = f"{r['images_per_second']:6.0f} images/s, peak memory {r['peak_memory_mb']:.0f} MB"
+        print(f"  {kind:6s} (width {r['width']}): {speed}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "ratio": ratio, **results}, indent=2) + "\n")
 

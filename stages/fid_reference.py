@@ -4,8 +4,7 @@ subset). It depends on the data and the FID settings only, so every experiment r
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from cvae_pipeline import paths
 from cvae_pipeline.config import load_params
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.data.splits import stratified_subset
@@ -14,31 +13,28 @@ from cvae_pipeline.metrics.class_consistency import LinearProbe
 from cvae_pipeline.metrics.fid import Statistics
 from cvae_pipeline.metrics.inception import InceptionFeatures
 from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
+from cvae_pipeline.runtime import resolve_device
 from cvae_pipeline.stage import run_stage, stage_parser
-from cvae_pipeline.training.runtime import resolve_device
-
-PREPARED_DIR = Path("data/prepared")
-OUT_DIR = Path("data/fid_reference")
 
 
 def main() -> None:
     args = stage_parser(__doc__).parse_args()
     cfg = load_params(args.params).evaluate
-    split = load_prepared(PREPARED_DIR, cfg.reference)
+    split = load_prepared(paths.PREPARED_DIR, cfg.reference)
     images, labels = split.images, split.labels
     if cfg.reference_size is not None and cfg.reference_size < len(labels):
         idx = stratified_subset(labels, cfg.reference_size, seed=0, what="evaluate.reference_size")
         images, labels = images[idx], labels[idx]
-    extractor = InceptionFeatures(resolve_device(cfg.device), cfg.batch_size)
+    extractor = InceptionFeatures(resolve_device(cfg.device, "evaluate.device"), cfg.batch_size)
     print(f"reference: {len(labels)} {cfg.reference} images")
     features = extractor(images, desc=f"inception {cfg.reference}")
     probe = LinearProbe.fit(features, labels, cfg.probe_folds)
     print(f"class-consistency probe: {probe.real_cv_accuracy:.3f} cross-validated accuracy on real images")
-    with atomic_directory(OUT_DIR) as tmp:
+    with atomic_directory(paths.FID_REFERENCE_DIR) as tmp:
         FeatureSet(features, labels, split.classes).save(tmp / FEATURES_FILE)
         Statistics.of(features).save(tmp / STATS_FILE)
         probe.save(tmp / PROBE_FILE)
-    print(f"wrote {OUT_DIR}/{FEATURES_FILE}, {STATS_FILE} and {PROBE_FILE}")
+    print(f"wrote {paths.FID_REFERENCE_DIR}/{FEATURES_FILE}, {STATS_FILE} and {PROBE_FILE}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def make_batches_arrays(train_per_class: int, test_per_class: int, classes: list
     return out
 
 
-def make_batches_archive(path: Path, train_per_class: int = 5, test_per_class: int = 2, classes: list[str] = CLASSES) -> Path:
+def make_batches_archive(
+    path: Path, train_per_class: int = 5, test_per_class: int = 2, classes: list[str] = CLASSES
+) -> Path:
     """``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` as tar.gz (the official layout)."""
     arrays = make_batches_arrays(train_per_class, test_per_class, classes)
     train_x, train_y = arrays["train"]
@@ -76,11 +78,19 @@ def make_batches_archive(path: Path, train_per_class: int = 5, test_per_class: i
     with tarfile.open(path, "w:gz") as tar:
         root = "cifar-10-batches-py/"
         for i, idx in enumerate(np.array_split(np.arange(len(train_y)), 5), start=1):
-            batch = {"batch_label": f"training batch {i} of 5", "labels": train_y[idx].tolist(),
-                     "data": train_x[idx].reshape(len(idx), -1), "filenames": [f"{j}.png" for j in idx]}
+            batch = {
+                "batch_label": f"training batch {i} of 5",
+                "labels": train_y[idx].tolist(),
+                "data": train_x[idx].reshape(len(idx), -1),
+                "filenames": [f"{j}.png" for j in idx],
+            }
             _add_bytes(tar, f"{root}data_batch_{i}", pickle.dumps(batch, protocol=2))
-        test = {"batch_label": "testing batch 1 of 1", "labels": test_y.tolist(),
-                "data": test_x.reshape(len(test_y), -1), "filenames": []}
+        test = {
+            "batch_label": "testing batch 1 of 1",
+            "labels": test_y.tolist(),
+            "data": test_x.reshape(len(test_y), -1),
+            "filenames": [],
+        }
         _add_bytes(tar, f"{root}test_batch", pickle.dumps(test, protocol=2))
         _add_bytes(tar, f"{root}batches.meta", pickle.dumps({"label_names": classes, "num_vis": 3072}, protocol=2))
         _add_bytes(tar, f"{root}readme.html", b"<html></html>")

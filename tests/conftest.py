@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(command: list[str], ready_url: str, log_path: Path, env: dict[str, str],
-                   timeout: float = 120) -> Iterator[subprocess.Popen]:
+def running_server(
+    command: list[str], ready_url: str, log_path: Path, env: dict[str, str], timeout: float = 120
+) -> Iterator[subprocess.Popen]:
     """Start a real server process, wait until ``ready_url`` answers 200, stop it afterwards.
 
     Fails with the tail of its log if it exits or does not come up within ``timeout`` seconds.
@@ -78,7 +79,11 @@ def run_stage(stage: str, cwd: Path, *args: str, env: dict | None = None) -> sub
     """Run ``stages/<stage>.py`` as DVC would (a subprocess in the workspace)."""
     return subprocess.run(
         [sys.executable, str(REPO / "stages" / f"{stage}.py"), *args],
-        cwd=cwd, capture_output=True, text=True, env=clean_env(**(env or {})), timeout=900,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=clean_env(**(env or {})),
+        timeout=900,
     )
 
 
@@ -125,3 +130,33 @@ def train_workspace(root: Path, model: dict, train: dict, train_per_class: int =
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_prepared(root / "data" / "prepared", train_per_class)
     return root
+
+
+def _section(model, name: str, overrides: dict):
+    """A params section as ``params.yaml`` has it, with ``overrides``: the tests' configs differ from
+    the real defaults only where they say so (the schema has no defaults of its own)."""
+    values = yaml.safe_load((REPO / "params.yaml").read_text())[name]
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return model.model_validate(values)
+
+
+def model_params(**overrides):
+    from cvae_pipeline.config import ModelParams
+
+    return _section(ModelParams, "model", overrides)
+
+
+def train_params(**overrides):
+    from cvae_pipeline.config import TrainParams
+
+    return _section(TrainParams, "train", overrides)
+
+
+def prepare_params(**overrides):
+    from cvae_pipeline.config import PrepareParams
+
+    return _section(PrepareParams, "prepare", overrides)

@@ -69,6 +69,7 @@ def test_every_row_sets_existing_keys_to_valid_values(ablation):
 
 def test_rows_differ_from_the_conv_row(ablation):
     """A row that changes nothing would silently duplicate ``abl-conv``."""
+
     def config(overrides):
         return _apply(yaml.safe_load((ROOT / "params.yaml").read_text()), ablation.merged(ablation.ABLATION, overrides))
 
@@ -114,11 +115,20 @@ def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation)
     backbone, width, latent, KL weight, epochs and sampling temperature it was measured with (the default
     moved from conv to resnet, from beta 1 to 0.5, from temperature 1 to 0.85 and from a vector z to a
     latent map after most rows were run)."""
-    pinned = [("model", "backbone"), ("model", "width"), ("model", "latent_dim"), ("model", "latent_resolution"),
-              ("train", "beta"), ("train", "epochs"), ("sample", "temperature")]
-    other_defaults = {"model": {"backbone": "mlp", "width": 16, "latent_dim": 48, "latent_resolution": 4},
-                      "train": {"beta": 0.125, "epochs": 3},
-                      "sample": {"temperature": 0.3}}
+    pinned = [
+        ("model", "backbone"),
+        ("model", "width"),
+        ("model", "latent_dim"),
+        ("model", "latent_resolution"),
+        ("train", "beta"),
+        ("train", "epochs"),
+        ("sample", "temperature"),
+    ]
+    other_defaults = {
+        "model": {"backbone": "mlp", "width": 16, "latent_dim": 48, "latent_resolution": 4},
+        "train": {"beta": 0.125, "epochs": 3},
+        "sample": {"temperature": 0.3},
+    }
     for name, overrides in every_row(ablation).items():
         as_is = _apply(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
         moved = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO
+from conftest import REPO, prepare_params
 from test_prepare import toy_dataset
 
 from cvae_pipeline.cli import main
-from cvae_pipeline.config import PrepareParams
 from cvae_pipeline.data.prepared import make_splits, save_prepared
 
 CVAE = Path(sys.executable).parent / "cvae"
@@ -37,7 +36,7 @@ def test_params_error_is_one_line_and_nonzero(tmp_path, capsys):
 
 def test_data_info_counts_per_split_and_class(tmp_path, capsys):
     ds = toy_dataset()
-    save_prepared(tmp_path, make_splits(ds, PrepareParams(train_subset=100)), ds.classes, {})
+    save_prepared(tmp_path, make_splits(ds, prepare_params(train_subset=100)), ds.classes, {})
     assert main(["data-info", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows["train"]["total"] == 100 and rows["train"]["c3"] == 10 and rows["test"]["c0"] == 20

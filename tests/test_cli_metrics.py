@@ -49,11 +49,17 @@ def test_cli_fid_equals_pytorch_fid_on_two_folders(folders, tmp_path):
     torch_home = tmp_path / "torch_home"
     install_pytorch_fid_weights(torch_home)  # pytorch-fid would otherwise download them
     env = clean_env(TORCH_HOME=str(torch_home))
-    theirs = subprocess.run([sys.executable, "-m", "pytorch_fid", str(a), str(b), "--device", "cpu",
-                             "--num-workers", "0"], capture_output=True, text=True, env=env, timeout=900)
+    theirs = subprocess.run(
+        [sys.executable, "-m", "pytorch_fid", str(a), str(b), "--device", "cpu", "--num-workers", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert theirs.returncode == 0, theirs.stderr
-    ours = subprocess.run([str(CVAE), "fid", str(a), str(b), "--device", "cpu"], capture_output=True, text=True,
-                          env=env, timeout=900)
+    ours = subprocess.run(
+        [str(CVAE), "fid", str(a), str(b), "--device", "cpu"], capture_output=True, text=True, env=env, timeout=900
+    )
     assert ours.returncode == 0, ours.stderr
     expected = last_value(theirs.stdout, "FID:")
     assert last_value(ours.stdout, "FID:") == pytest.approx(expected, rel=1e-3)

@@ -8,16 +8,18 @@ from cvae_pipeline.comparison import runs_table
 
 
 def test_table_keeps_differing_params_and_sorts_by_fid():
-    runs = pd.DataFrame({
-        "run_id": ["aaaaaaaa11", "bbbbbbbb22", "cccccccc33"],
-        "start_time": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"]),
-        "tags.mlflow.runName": ["old", "fast", "slow"],
-        "params.train.lr": ["0.001", "0.002", "0.0005"],
-        "params.model.backbone": ["conv", "conv", "conv"],
-        "params.mlflow.required": [None, "True", "True"],  # not logged by the old run: not a difference
-        "metrics.fid": [250.0, 120.0, 180.0],
-        "metrics.kid_mean": [0.3, 0.1, 0.2],
-    })
+    runs = pd.DataFrame(
+        {
+            "run_id": ["aaaaaaaa11", "bbbbbbbb22", "cccccccc33"],
+            "start_time": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"]),
+            "tags.mlflow.runName": ["old", "fast", "slow"],
+            "params.train.lr": ["0.001", "0.002", "0.0005"],
+            "params.model.backbone": ["conv", "conv", "conv"],
+            "params.mlflow.required": [None, "True", "True"],  # not logged by the old run: not a difference
+            "metrics.fid": [250.0, 120.0, 180.0],
+            "metrics.kid_mean": [0.3, 0.1, 0.2],
+        }
+    )
     table = runs_table(runs)
     assert list(table["run"]) == ["fast", "slow", "old"]
     assert "train.lr" in table.columns and "model.backbone" not in table.columns

@@ -89,8 +89,68 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
         load_params(tmp_path / "params.yaml")
     bad = tmp_path / "params.yaml"
     bad.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
+    with pytest.raises(ConfigError, match="not valid YAML: .* at line 2"):
         load_params(bad)
     bad.write_text("- just a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(bad)
+
+
+def test_yaml_error_names_the_line_the_mistake_is_on(tmp_path: Path):
+    """An unclosed bracket on line 5 is noticed on line 6; the message names both, line 5 as the start."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  sources: []\ntrain:\n  epochs: 7\n  lr: [1e-3\n  beta: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_params(bad)
+    message = str(info.value)
+    assert "\n" not in message and "starts at line 5, column 7" in message, message
+
+
+def test_a_missing_key_is_an_error_not_a_second_default():
+    raw = base_params()
+    del raw["train"]["beta"]
+    assert error_for(raw) == "params.yaml: missing key 'train.beta'"
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the schema and params.yaml; regenerate it with
+    `cvae params --markdown > docs/configuration.md` after changing either."""
+    from cvae_pipeline.config_docs import render_markdown
+
+    rendered = render_markdown(base_params())
+    assert (REPO / "docs" / "configuration.md").read_text() == rendered, (
+        "docs/configuration.md is out of date: run `cvae params --markdown > docs/configuration.md`"
+    )
+
+
+def test_every_knob_has_one_description_and_params_yaml_none():
+    """The meaning of a knob is written once, in the schema; params.yaml carries values only."""
+    from cvae_pipeline.config import PipelineParams
+
+    def leaves(model, prefix=""):
+        for name, field in model.model_fields.items():
+            nested = getattr(field.annotation, "model_fields", None)
+            if nested is not None:
+                yield from leaves(field.annotation, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", field
+
+    for key, field in leaves(PipelineParams):
+        assert field.description, f"{key} has no description"
+    for number, line in enumerate((REPO / "params.yaml").read_text().splitlines(), 1):
+        if "#" in line and not line.lstrip().startswith("#"):
+            assert "uri:" in line, f"params.yaml line {number} describes a knob in a comment: {line.strip()}"
+
+
+def test_one_stated_python_minimum_checked_at_start():
+    import tomllib
+
+    from cvae_pipeline.errors import PipelineError
+    from cvae_pipeline.stage import MIN_PYTHON, check_python
+
+    stated = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert stated == ">=" + ".".join(map(str, MIN_PYTHON))
+    assert ".".join(map(str, MIN_PYTHON)) in (REPO / "README.md").read_text()
+    with pytest.raises(PipelineError, match=r"^Python 3\.10\.12 is too old: cvae-pipeline needs Python >= 3\.11\.4"):
+        check_python((3, 10, 12))
+    check_python((3, 11, 4))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import REPO, clean_env, train_workspace
 
+from cvae_pipeline.batches import BatchStream
 from cvae_pipeline.errors import PipelineError
-from cvae_pipeline.training.batches import BatchStream
 from cvae_pipeline.training.distributed import Distributed, per_process_batch
 
 
@@ -21,8 +21,9 @@ def test_processes_split_each_epoch_into_disjoint_equal_shares():
     labels = np.arange(11)
     seen = []
     for rank in range(2):
-        stream = BatchStream(images, labels, 2, torch.device("cpu"), True, torch.Generator().manual_seed(5),
-                             rank=rank, world_size=2)
+        stream = BatchStream(
+            images, labels, 2, torch.device("cpu"), True, torch.Generator().manual_seed(5), rank=rank, world_size=2
+        )
         seen.append(torch.cat([y for _, y in stream]).tolist())
         assert stream.num_images == 5 and len(stream) == 3
     assert len(seen[0]) == len(seen[1]) == 5 and not set(seen[0]) & set(seen[1])  # one image of 11 left out
@@ -36,12 +37,27 @@ def test_global_batch_must_divide_among_processes():
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_model_tracked_once(tmp_path):
-    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1},
-                         {"epochs": 2, "batch_size": 32}, train_per_class=8)
+    ws = train_workspace(
+        tmp_path / "ws",
+        {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1},
+        {"epochs": 2, "batch_size": 32},
+        train_per_class=8,
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(REPO / "stages" / "train.py")],
-        cwd=ws, capture_output=True, text=True, env=clean_env(OMP_NUM_THREADS="1"), timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "stages" / "train.py"),
+        ],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 processes (torchrun)" in result.stdout
@@ -57,4 +73,4 @@ def test_torchrun_two_cpu_processes_train_one_model_tracked_once(tmp_path):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["final_epochs"] == 2
     # each epoch covers the whole training split across both processes: 80 images
-    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "val_neg_elbo")) == 2

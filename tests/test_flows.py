@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_prepared, run_stage, train_workspace
+from conftest import make_prepared, model_params, run_stage, train_params, train_workspace
 from torch.distributions import Normal
 
-from cvae_pipeline.config import ModelParams, TrainParams
 from cvae_pipeline.data.prepared import load_prepared
+from cvae_pipeline.expost import ClassGMM
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.base import gaussian_kl
-from cvae_pipeline.expost import ClassGMM
 from cvae_pipeline.models.flows import AffineCoupling, FlowPrior, IAFStep, PlanarStep, PosteriorFlow
 from cvae_pipeline.models.likelihoods import DiscretizedLogisticMixture, Gaussian
 from cvae_pipeline.training.loop import Trainer
@@ -28,7 +27,7 @@ def autograd_log_det(transform, z: torch.Tensor) -> torch.Tensor:
     """log|det dz'/dz| of a per-example map, one Jacobian per example, [B]."""
     out = []
     for i in range(len(z)):
-        jac = torch.autograd.functional.jacobian(lambda v: transform(v[None], i)[0], z[i])
+        jac = torch.autograd.functional.jacobian(lambda v, i=i: transform(v[None], i)[0], z[i])
         out.append(torch.linalg.slogdet(jac.double())[1].float())
     return torch.stack(out)
 
@@ -42,10 +41,14 @@ def randomise(module: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
     return module
 
 
-@pytest.mark.parametrize("step", [
-    lambda: PlanarStep(DIM, CONTEXT),
-    lambda: IAFStep(DIM, CONTEXT, hidden=16),
-], ids=["planar", "iaf"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda: PlanarStep(DIM, CONTEXT),
+        lambda: IAFStep(DIM, CONTEXT, hidden=16),
+    ],
+    ids=["planar", "iaf"],
+)
 def test_posterior_flow_step_log_det_equals_autograd_jacobian(step):
     step = randomise(step())
     z, context = torch.randn(4, DIM), torch.randn(4, CONTEXT)
@@ -109,7 +112,7 @@ def test_flow_prior_is_a_normalised_density_in_one_dimension_pair():
 
 def test_monte_carlo_kl_without_flow_matches_analytic_kl_in_expectation():
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone="mlp", width=16, latent_dim=6, prior="standard"), 10)
+    model = build_model(model_params(backbone="mlp", latent_resolution=1, width=16, latent_dim=6, prior="standard"), 10)
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
     posterior = model.encode(x, y)
     draws = []
@@ -124,8 +127,12 @@ def test_monte_carlo_kl_without_flow_matches_analytic_kl_in_expectation():
 
 def test_iw_bound_is_tighter_than_the_elbo_with_a_posterior_flow():
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone="mlp", width=16, latent_dim=4, flow={"posterior": "iaf"},
-                                    prior="flow"), 10)
+    model = build_model(
+        model_params(
+            backbone="mlp", latent_resolution=1, width=16, latent_dim=4, flow={"posterior": "iaf"}, prior="flow"
+        ),
+        10,
+    )
     x, y = torch.rand(3, 3, 32, 32), torch.arange(3)
     log_w = model.log_importance_weights(x, y, 64).detach()
     assert (torch.logsumexp(log_w, 0) - math.log(64) >= log_w.mean(0)).all()
@@ -198,23 +205,42 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("option", NEW_OPTIONS.values(), ids=NEW_OPTIONS.keys())
 def test_each_new_option_trains_one_epoch_on_a_tiny_subset(tiny, tmp_path, option):
     torch.manual_seed(0)
-    model = build_model(ModelParams(**{"backbone": "conv", "latent_dim": 8, "width": 8, **option}), 10)
-    cfg = TrainParams(epochs=1, batch_size=20, lr=2e-3, kl_warmup_epochs=0, warmup_epochs=0, ema_decay=None,
-                      free_bits=0.05)
-    trainer = Trainer(model, cfg, torch.device("cpu"), load_prepared(tiny, "train"), load_prepared(tiny, "val"),
-                      tmp_path / "ck.pt", fingerprint="test")
-    before = trainer.validate()["val_loss"]
+    model = build_model(
+        model_params(**{"backbone": "conv", "latent_resolution": 1, "latent_dim": 8, "width": 8, **option}), 10
+    )
+    cfg = train_params(
+        epochs=1, batch_size=20, lr=2e-3, kl_warmup_epochs=0, warmup_epochs=0, ema_decay=None, free_bits=0.05
+    )
+    trainer = Trainer(
+        model,
+        cfg,
+        torch.device("cpu"),
+        load_prepared(tiny, "train"),
+        load_prepared(tiny, "val"),
+        tmp_path / "ck.pt",
+        fingerprint="test",
+    )
+    before = trainer.validate()["val_neg_elbo"]
     history = trainer.fit()
-    assert math.isfinite(history[-1]["val_loss"]) and history[-1]["val_loss"] < before
+    assert math.isfinite(history[-1]["val_neg_elbo"]) and history[-1]["val_neg_elbo"] < before
     images = model.sample(torch.arange(10), decoder_output="sample", generator=torch.Generator().manual_seed(0))
     assert images.shape == (10, 3, 32, 32)
 
 
 def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
     """train then sample (sample.latents=gmm, decoder_output=sample) as stages, untracked."""
-    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1,
-                                           "flow": {"posterior": "iaf", "steps": 2, "hidden": 16, "prior_steps": 4}},
-                         {"epochs": 1, "batch_size": 50}, train_per_class=6)
+    ws = train_workspace(
+        tmp_path / "ws",
+        {
+            "backbone": "mlp",
+            "width": 16,
+            "latent_dim": 4,
+            "latent_resolution": 1,
+            "flow": {"posterior": "iaf", "steps": 2, "hidden": 16, "prior_steps": 4},
+        },
+        {"epochs": 1, "batch_size": 50},
+        train_per_class=6,
+    )
     import yaml
 
     params = yaml.safe_load((ws / "params.yaml").read_text())
@@ -226,7 +252,10 @@ def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
         result = run_stage(stage, ws, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())
-    assert sampling == {"latents": "ex-post GMM (2 per class)", "images": "draw from the likelihood",
-                        "temperature": params["sample"]["temperature"]}
+    assert sampling == {
+        "latents": "ex-post GMM (2 per class)",
+        "images": "draw from the likelihood",
+        "temperature": params["sample"]["temperature"],
+    }
     assert np.load(ws / "data/samples/images.npy").shape == (30, 3, 32, 32)
     assert ClassGMM.load(ws / "data/samples/latent_gmm.npz").means.shape == (10, 2, 4)

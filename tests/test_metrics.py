@@ -8,9 +8,9 @@ import importlib.metadata
 import numpy as np
 import pytest
 import torch
+from conftest import model_params
 from scipy import linalg
 
-from cvae_pipeline.config import ModelParams
 from cvae_pipeline.metrics import inception
 from cvae_pipeline.metrics.class_consistency import LinearProbe, class_consistency, make_probe
 from cvae_pipeline.metrics.fid import Statistics, fid_from_features, frechet_distance
@@ -35,8 +35,9 @@ def test_fid_on_gaussians_equals_direct_scipy_computation():
     assert fid_from_features(a, b) == pytest.approx(direct, rel=1e-9)
 
 
-@pytest.mark.parametrize("n_a, n_b", [(300, 300), (20, 25), (9, 300), (300, 9)],
-                         ids=["full-rank", "both-rank-deficient", "few-a", "few-b"])
+@pytest.mark.parametrize(
+    "n_a, n_b", [(300, 300), (20, 25), (9, 300), (300, 9)], ids=["full-rank", "both-rank-deficient", "few-a", "few-b"]
+)
 def test_fid_matches_pytorch_fid_formula(n_a, n_b):
     """Both routes (covariances, and the low-rank one on features) give pytorch-fid's number,
     also when a set has fewer images than dimensions (per-class FIDs, small test sets)."""
@@ -65,8 +66,10 @@ def test_statistics_round_trip_in_pytorch_fid_format(tmp_path):
 
 
 def test_kid_is_unbiased_for_two_samples_of_one_distribution():
-    values = [polynomial_mmd2_unbiased(gaussian_features(60, 8, 0.0, 2 * i), gaussian_features(60, 8, 0.0, 2 * i + 1))
-              for i in range(200)]
+    values = [
+        polynomial_mmd2_unbiased(gaussian_features(60, 8, 0.0, 2 * i), gaussian_features(60, 8, 0.0, 2 * i + 1))
+        for i in range(200)
+    ]
     mean, sem = np.mean(values), np.std(values) / np.sqrt(len(values))
     assert abs(mean) < 3 * sem  # centred on 0, as an unbiased estimator of MMD^2 = 0 must be
     different = polynomial_mmd2_unbiased(gaussian_features(60, 8, 0.0, 1), gaussian_features(60, 8, 1.0, 2))
@@ -92,7 +95,11 @@ def separable_classes(seed: int = 0, n_classes: int = 4, per_class: int = 60):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_classes, 16)) * 5
     labels = np.repeat(np.arange(n_classes), per_class)
-    return centres[labels] + rng.normal(size=(len(labels), 16)), centres[labels] + rng.normal(size=(len(labels), 16)), labels
+    return (
+        centres[labels] + rng.normal(size=(len(labels), 16)),
+        centres[labels] + rng.normal(size=(len(labels), 16)),
+        labels,
+    )
 
 
 def test_class_consistency_of_separable_classes():
@@ -115,7 +122,9 @@ def test_saved_probe_predicts_what_the_fitted_sklearn_pipeline_predicts(tmp_path
 
 def test_importance_weighted_bound_is_tighter_than_elbo():
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone="mlp", width=32, latent_dim=4, likelihood="bernoulli"), 10)
+    model = build_model(
+        model_params(backbone="mlp", latent_resolution=1, width=32, latent_dim=4, likelihood="bernoulli"), 10
+    )
     images = np.random.default_rng(0).integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)
     labels = np.arange(20) % 10
     m = likelihood_metrics(model, images, labels, iw_samples=32)
@@ -126,14 +135,15 @@ def test_importance_weighted_bound_is_tighter_than_elbo():
     assert m["recon_psnr_db"] == pytest.approx(np.mean(10 * np.log10(1 / np.full(1, m["recon_mse"]))), rel=0.2)
 
 
-
 def test_reconstruction_set_is_each_image_through_the_model_in_order():
     """What ``evaluate.reconstruction_fid`` scores: every test image's decoder mean, quantised like the
     samples, in the images' order whatever the batching, and each from its own label."""
     from cvae_pipeline.sampling import reconstruct_set, to_uint8
 
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone="conv", width=8, latent_dim=4, conditioning="concat"), 10).eval()
+    model = build_model(
+        model_params(backbone="conv", latent_resolution=1, width=8, latent_dim=4, conditioning="concat"), 10
+    ).eval()
     images = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
     labels = np.array([0, 1, 2, 3, 4, 5, 6])
     recon = reconstruct_set(model, images, labels, batch_size=3, progress=False)
@@ -142,6 +152,7 @@ def test_reconstruction_set_is_each_image_through_the_model_in_order():
     assert np.array_equal(recon, to_uint8(model.reconstruct(x, torch.from_numpy(labels))))
     relabelled = reconstruct_set(model, images, (labels + 1) % 10, batch_size=7, progress=False)
     assert not np.array_equal(recon, relabelled)  # conditioned on the label it is given
+
 
 def test_weights_with_wrong_checksum_give_a_clear_error(tmp_path):
     fake = tmp_path / "default_1.pt"
@@ -167,8 +178,9 @@ def test_shipped_weights_are_found_and_verified():
 
 def test_preprocessing_is_pytorch_fid_s():
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    expected = 2 * torch.nn.functional.interpolate(x.float() / 255, size=(299, 299), mode="bilinear",
-                                                   align_corners=False) - 1
+    expected = (
+        2 * torch.nn.functional.interpolate(x.float() / 255, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    )
     assert torch.equal(inception.preprocess(x), expected)
 
 

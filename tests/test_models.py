@@ -6,6 +6,7 @@ import typing
 
 import pytest
 import torch
+from conftest import model_params
 from torch.distributions import Normal, kl_divergence
 
 from cvae_pipeline.config import Backbone, ModelParams
@@ -17,8 +18,14 @@ CASES = list(itertools.product(["mlp", "conv", "resnet"], ["bernoulli", "gaussia
 
 
 def small(backbone: str, likelihood: str = "gaussian", conditioning: str = "film", **kw) -> ModelParams:
-    return ModelParams(backbone=backbone, likelihood=likelihood, conditioning=conditioning,
-                       latent_dim=8, width=16 if backbone == "mlp" else 8, **kw)
+    return model_params(
+        backbone=backbone,
+        likelihood=likelihood,
+        conditioning=conditioning,
+        latent_dim=8,
+        width=16 if backbone == "mlp" else 8,
+        **{"latent_resolution": 1, **kw},
+    )
 
 
 def batch(n: int = 6, seed: int = 0):
@@ -124,8 +131,12 @@ def test_bernoulli_nll_is_bce_and_mean_is_sigmoid():
 
 
 def test_mlp_is_the_classic_architecture():
-    model = build_model(ModelParams(backbone="mlp", width=128, latent_dim=32, conditioning="concat",
-                                    likelihood="bernoulli"), 10)
+    model = build_model(
+        model_params(
+            backbone="mlp", latent_resolution=1, width=128, latent_dim=32, conditioning="concat", likelihood="bernoulli"
+        ),
+        10,
+    )
     assert model.enc_hidden.in_features == 3072 + 10 and model.enc_hidden.out_features == 128
     assert model.enc_mu.out_features == model.enc_logvar.out_features == 32
     assert model.dec_hidden.in_features == 32 + 10 and model.dec_out.out_features == 3072
@@ -139,13 +150,21 @@ def test_temperature_scales_the_latent_draw():
     assert not math.isnan(zero_temp.sum().item())
 
 
-@pytest.mark.parametrize(("resolution", "posterior", "conditioning"),
-                         [(4, "none", "concat"), (8, "none", "film"), (8, "iaf", "film"), (4, "planar", "film")])
+@pytest.mark.parametrize(
+    ("resolution", "posterior", "conditioning"),
+    [(4, "none", "concat"), (8, "none", "film"), (8, "iaf", "film"), (4, "planar", "film")],
+)
 def test_latent_map_backbone_keeps_z_flat_and_trains(resolution, posterior, conditioning):
     """A latent map is a flat [B, latent_dim] z to the rest of the model (flows, priors, the GMM)."""
     torch.manual_seed(0)
-    cfg = ModelParams(backbone="resnet", latent_dim=2 * resolution**2, width=8, latent_resolution=resolution,
-                      conditioning=conditioning, flow={"posterior": posterior, "steps": 2, "hidden": 16})
+    cfg = model_params(
+        backbone="resnet",
+        latent_dim=2 * resolution**2,
+        width=8,
+        latent_resolution=resolution,
+        conditioning=conditioning,
+        flow={"posterior": posterior, "steps": 2, "hidden": 16},
+    )
     model = build_model(cfg, num_classes=10)
     x, y = batch()
     mu, logvar, context = model.encode(x, y)
@@ -161,7 +180,7 @@ def test_latent_map_decoder_is_local():
     """The point of a latent map: a change of z at one corner of the 8x8 map moves the image near
     that corner far more than at the opposite one (a vector z has no such layout)."""
     torch.manual_seed(0)
-    model = build_model(ModelParams(backbone="resnet", latent_dim=64, width=8, latent_resolution=8), 10).eval()
+    model = build_model(model_params(backbone="resnet", latent_dim=64, width=8, latent_resolution=8), 10).eval()
     y = torch.zeros(1, dtype=torch.long)
     z = torch.zeros(1, 64)
     moved = z.clone()
@@ -172,7 +191,13 @@ def test_latent_map_decoder_is_local():
 
 def test_latent_map_params_are_checked():
     with pytest.raises(ValueError, match="multiple of 64"):
-        ModelParams(backbone="resnet", latent_dim=100, latent_resolution=8)
+        model_params(backbone="resnet", latent_dim=100, latent_resolution=8)
     with pytest.raises(ValueError, match="needs backbone resnet"):
-        ModelParams(backbone="conv", latent_dim=64, latent_resolution=8)
-    assert ModelParams(backbone="conv", latent_dim=10).latent_resolution == 1
+        model_params(backbone="conv", latent_dim=64, latent_resolution=8)
+
+
+def test_model_params_have_no_defaults_of_their_own():
+    """params.yaml is the one place a default lives: a key missing there is an error, never a silent
+    fallback to a second value in the code that could disagree with it."""
+    with pytest.raises(ValueError, match="latent_resolution"):
+        ModelParams.model_validate({k: v for k, v in model_params().model_dump().items() if k != "latent_resolution"})

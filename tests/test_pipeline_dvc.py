@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-import numpy as np
 from archives import CLASSES, make_image_folder_archive, sha256
 from conftest import BIN, REPO, clean_env, write_params
 
@@ -95,8 +95,9 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     assert pipeline_files == {"pipeline/params.yaml", "pipeline/dvc.yaml", "pipeline/dvc.lock"}
     (version,) = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
-    assert version.description.startswith(f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, "
-                                          "latents from ex-post GMM (2 per class))")
+    assert version.description.startswith(
+        f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, latents from ex-post GMM (2 per class))"
+    )
     # the registered model is the generator the sample stage logged with its GMM: it serves what was scored
     generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())["model_uri"]
     assert version.source == generator
@@ -109,7 +110,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_repo))
     workspace = next(iter(metrics.values()))["data"]  # keyed "" (workspace) in DVC 3.x
     assert workspace["reports/data.json"]["data"]["train"]["images"] == 90
-    assert "val_loss" in workspace["reports/train/metrics.json"]["data"]
+    assert "val_neg_elbo" in workspace["reports/train/metrics.json"]["data"]
     plots = sh("dvc", "plots", "show", "--json", cwd=dvc_repo)
     for plot in ("reports/per_class.csv", "reports/train/history.csv", "reports/samples/grid.png"):
         assert plot in plots, plot
@@ -134,11 +135,15 @@ def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path
         time.sleep(5)
     status = sh("dvc", "queue", "status", cwd=dvc_repo)
     assert "Failed" not in status, status + "\n".join(
-        sh("dvc", "queue", "logs", line.split()[1], cwd=dvc_repo) for line in status.splitlines() if "Failed" in line)
+        sh("dvc", "queue", "logs", line.split()[1], cwd=dvc_repo) for line in status.splitlines() if "Failed" in line
+    )
 
     rows = walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
-    queued = {str(r["params"]["params.yaml"]["data"]["train"]["lr"]): r for r in rows
-              if r["params"]["params.yaml"]["data"]["train"]["lr"] in (0.002, 0.0005)}
+    queued = {
+        str(r["params"]["params.yaml"]["data"]["train"]["lr"]): r
+        for r in rows
+        if r["params"]["params.yaml"]["data"]["train"]["lr"] in (0.002, 0.0005)
+    }
     assert set(queued) == {"0.002", "0.0005"}
     for row in queued.values():
         assert np.isfinite(row["metrics"]["reports/metrics.json"]["data"]["fid"])
@@ -167,7 +172,8 @@ def test_workspace_experiments_rerun_only_what_changed(dvc_repo: Path):
     assert "Running stage 'fid_reference'" not in out  # the test split did not change
     assert set(facts(dvc_repo)["train"]["per_class"].values()) == {2}
     experiments = [
-        e for e in walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
+        e
+        for e in walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
         if e["params"]["params.yaml"]["data"]["prepare"]["train_subset"] == 20
     ]
     assert experiments and experiments[0]["metrics"]["reports/data.json"]["data"]["train"]["images"] == 20
@@ -220,7 +226,6 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     assert first.tags["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in first.metrics
 
 
-
 def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
     """Pick a finished experiment (a queued one, trained in a temporary copy), ``dvc exp apply`` it and
     re-sample it: only sample and evaluate run, on that experiment's model, in a run nested under the
@@ -236,6 +241,7 @@ def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
     (resampled,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "resampled-lr002"]
     assert resampled.data.tags["mlflow.parentRunId"] == trained.info.run_id
     assert resampled.data.params["train.lr"] == "0.002" and resampled.data.params["sample.temperature"] == "0.5"
+
 
 def walk_exp_show(rows: list) -> list[dict]:
     """Every revision's ``data`` in ``dvc exp show --json`` (baselines and their experiments)."""

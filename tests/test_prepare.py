@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from archives import CLASSES, make_batches_archive, make_batches_arrays, make_image_folder_archive
+from conftest import prepare_params
 
-from cvae_pipeline.config import PrepareParams
 from cvae_pipeline.data.archive import extract_atomically
 from cvae_pipeline.data.prepared import channel_stats, dataset_facts, load_prepared, make_splits, save_prepared
 from cvae_pipeline.data.readers import DecodedDataset, Split, read_dataset
@@ -27,7 +27,7 @@ def test_reads_python_batches_exactly(tmp_path):
         got = ds.splits[split]
         assert got.images.dtype == np.uint8 and got.images.shape == x.shape
         # batches are shuffled on disk: compare the multisets of (label, image bytes)
-        as_set = lambda imgs, labels: sorted((int(l), i.tobytes()) for i, l in zip(imgs, labels))  # noqa: E731
+        as_set = lambda imgs, labels: sorted((int(label), i.tobytes()) for i, label in zip(imgs, labels))  # noqa: E731
         assert as_set(got.images, got.labels) == as_set(x, y)
 
 
@@ -77,7 +77,9 @@ def toy_dataset(train_per_class=50, test_per_class=20, n_classes=10) -> DecodedD
         images[:, 0, 0, 0] = np.arange(len(labels)) % 256  # make rows distinguishable
         return Split(images, labels)
 
-    return DecodedDataset([f"c{i}" for i in range(n_classes)], {"train": split(train_per_class), "test": split(test_per_class)})
+    return DecodedDataset(
+        [f"c{i}" for i in range(n_classes)], {"train": split(train_per_class), "test": split(test_per_class)}
+    )
 
 
 def per_class(split: Split) -> list[int]:
@@ -86,7 +88,7 @@ def per_class(split: Split) -> list[int]:
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
     ds = toy_dataset()
-    splits = make_splits(ds, PrepareParams(val_fraction=0.2, seed=3))
+    splits = make_splits(ds, prepare_params(val_fraction=0.2, seed=3))
     assert per_class(splits["val"]) == [10] * 10 and per_class(splits["train"]) == [40] * 10
     kept, held = stratified_split(ds.splits["train"].labels, 0.2, seed=3)
     assert not set(kept) & set(held) and len(kept) + len(held) == 500
@@ -97,7 +99,7 @@ def test_validation_split_is_stratified_disjoint_and_seeded():
 
 def test_subsets_are_stratified_per_class():
     ds = toy_dataset()
-    splits = make_splits(ds, PrepareParams(val_fraction=0.1, train_subset=100, test_subset=50))
+    splits = make_splits(ds, prepare_params(val_fraction=0.1, train_subset=100, test_subset=50))
     assert per_class(splits["train"]) == [10] * 10
     assert per_class(splits["test"]) == [5] * 10
     assert per_class(splits["val"]) == [5] * 10  # carved from the full train set first
@@ -105,9 +107,9 @@ def test_subsets_are_stratified_per_class():
 
 def test_subset_larger_than_available_names_the_param():
     with pytest.raises(DatasetError, match=r"prepare.train_subset: 1000 is more than the 450"):
-        make_splits(toy_dataset(), PrepareParams(train_subset=1000))
+        make_splits(toy_dataset(), prepare_params(train_subset=1000))
     with pytest.raises(DatasetError, match=r"prepare.test_subset: 5 is fewer than the 10 classes"):
-        make_splits(toy_dataset(), PrepareParams(test_subset=5))
+        make_splits(toy_dataset(), prepare_params(test_subset=5))
 
 
 def test_subset_of_everything_is_identity():
@@ -121,7 +123,7 @@ def test_missing_class_is_rejected():
     keep = test.labels != 7
     ds.splits["test"] = Split(test.images[keep], test.labels[keep])
     with pytest.raises(DatasetError, match=r"test: classes \[7\] have no images"):
-        make_splits(ds, PrepareParams())
+        make_splits(ds, prepare_params())
 
 
 def test_channel_stats_match_numpy():
@@ -133,7 +135,7 @@ def test_channel_stats_match_numpy():
 
 def test_save_and_load_round_trip_memory_mapped(tmp_path):
     ds = toy_dataset()
-    splits = make_splits(ds, PrepareParams())
+    splits = make_splits(ds, prepare_params())
     facts = dataset_facts(splits, ds.classes)
     assert facts["train"]["images"] == 450 and facts["val"]["per_class"]["c0"] == 5
     save_prepared(tmp_path / "prepared", splits, ds.classes, {"facts": facts})

@@ -22,7 +22,7 @@ def trained_run(tmp_path: Path, monkeypatch) -> tuple[mlflow.MlflowClient, str, 
     experiment = mlflow.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment, run_name="trained") as run:
         mlflow.log_params({"train.lr": "0.001", "sample.temperature": "1.0", "sample.seed": "0"})
-        mlflow.log_metrics({"final_train_seconds": 12.0, "final_val_loss": -5.0, "fid": 100.0})
+        mlflow.log_metrics({"final_train_seconds": 12.0, "final_val_neg_elbo": -5.0, "fid": 100.0})
         mlflow.set_tags({"sample.temperature": "1.0", "sample.seed": "0", "samples.images": "decoder mean"})
     run_file = tmp_path / "mlflow_run.json"
     tracking.write_run_file(run.info.run_id, experiment, path=run_file)
@@ -54,7 +54,7 @@ def test_other_settings_get_a_nested_run_and_leave_the_first_results_alone(train
     assert child.info.run_name == "cooler" and child.info.status == "FINISHED"
     assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["trained_in_run"] == run_id
     assert child.data.params == {"train.lr": "0.001", "sample.temperature": "0.5", "sample.seed": "0"}
-    assert child.data.metrics == {"final_train_seconds": 12.0, "final_val_loss": -5.0, "fid": 90.0}
+    assert child.data.metrics == {"final_train_seconds": 12.0, "final_val_neg_elbo": -5.0, "fid": 90.0}
     assert child.data.tags["samples.images"] == "decoder mean" and child.data.tags["stage"] == "sample"
     # the first sampling's run is untouched
     assert parent.data.metrics["fid"] == 100.0 and parent.data.tags["sample.temperature"] == "1.0"

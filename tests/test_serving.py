@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 import torch
 from archives import CLASSES
-from conftest import BIN, clean_env, free_port, running_server
+from conftest import BIN, clean_env, free_port, model_params, running_server
 from mlflow.exceptions import MlflowException
 
-from cvae_pipeline.config import ModelParams
 from cvae_pipeline.expost import ClassGMM
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.artifact import load_trained_model, save_trained_model
 from cvae_pipeline.serving import log_generator, parse_labels
+
 
 def test_labels_are_names_indices_or_a_label_column():
     assert parse_labels(["cat", 9, "0", np.int64(2)], CLASSES).tolist() == [3, 9, 0, 2]
@@ -29,15 +29,18 @@ def test_labels_are_names_indices_or_a_label_column():
     assert parse_labels(np.array([4, 5]), CLASSES).tolist() == [4, 5]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["dragon"], "unknown class label 'dragon'"),
-    ([10], "unknown class label 10"),
-    ([-1], "unknown class label -1"),
-    ([True], "unknown class label True"),
-    ([], "no labels given"),
-    (pd.DataFrame({"klass": ["cat"]}), "needs a 'label' column"),
-    ("cat", "must be class labels"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["dragon"], "unknown class label 'dragon'"),
+        ([10], "unknown class label 10"),
+        ([-1], "unknown class label -1"),
+        ([True], "unknown class label True"),
+        ([], "no labels given"),
+        (pd.DataFrame({"klass": ["cat"]}), "needs a 'label' column"),
+        ("cat", "must be class labels"),
+    ],
+)
 def test_bad_labels_name_the_problem(bad, message):
     with pytest.raises(MlflowException, match=message):
         parse_labels(bad, CLASSES)
@@ -48,7 +51,7 @@ def store(tmp_path_factory) -> tuple[str, Path, str]:
     """(tracking URI, folder, experiment id) of a store holding a tiny CVAE's ``model.pt``."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    params = ModelParams(backbone="mlp", width=16, latent_dim=4)
+    params = model_params(backbone="mlp", latent_resolution=1, width=16, latent_dim=4)
     save_trained_model(root / "model.pt", build_model(params, len(CLASSES)), params.model_dump(), CLASSES)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -132,14 +135,16 @@ def test_generator_serves_the_temperature_its_samples_were_scored_at(store, tmp_
     gets that one (the scored images), a request with one gets what it asks for."""
     gmm = toy_gmm(tmp_path / "latent_gmm.npz")
     mlflow.set_tracking_uri(store[0])
-    served = mlflow.pyfunc.load_model(log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz",
-                                             temperature=0.85))
+    served = mlflow.pyfunc.load_model(
+        log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz", temperature=0.85)
+    )
     assert served.metadata.metadata["default_temperature"] == 0.85
     model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))
 
     def direct(temperature):
-        return model.sample(torch.tensor([3, 9]), temperature, generator=torch.Generator().manual_seed(5),
-                            latents=gmm).numpy()
+        return model.sample(
+            torch.tensor([3, 9]), temperature, generator=torch.Generator().manual_seed(5), latents=gmm
+        ).numpy()
 
     images = served.predict(["cat", "truck"], params={"seed": 5})
     assert np.allclose(images, direct(0.85), atol=1e-6) and not np.allclose(images, direct(1.0), atol=1e-3)
@@ -160,8 +165,19 @@ def test_mlflow_models_serve_answers_labels_with_images_and_bad_requests_with_40
     uri, model_uri = logged_model
     port = free_port()
     env = clean_env(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
+    command = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with running_server(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env):
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = post(url, {"inputs": ["cat", 1], "params": {"seed": 1}})

@@ -38,7 +38,13 @@ def test_bad_params_stop_the_stage_before_any_work(workspace, tmp_path):
 
 def test_download_and_prepare_official_layout_with_subsets(workspace, tmp_path):
     archive = make_batches_archive(tmp_path / "cifar-10-python.tar.gz", 12, 4)
-    write_params(workspace, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25, train_subset=50, test_subset=20)
+    write_params(
+        workspace,
+        [{"uri": str(archive), "sha256": sha256(archive)}],
+        val_fraction=0.25,
+        train_subset=50,
+        test_subset=20,
+    )
     for stage in ("download", "prepare"):
         result = run_stage(stage, workspace)
         assert result.returncode == 0, result.stderr
@@ -76,5 +82,14 @@ def test_real_cifar10_archive(workspace):
     assert set(facts["train"]["per_class"].values()) == {4500}
     assert set(facts["test"]["per_class"].values()) == {1000}
     assert facts["train"]["per_class"].keys() == {
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     }

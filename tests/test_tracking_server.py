@@ -18,8 +18,9 @@ TINY_TRAIN = {"epochs": 1, "batch_size": 64}
 
 def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{endpoint}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -29,8 +30,20 @@ def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` (SQLite backend, proxied artifacts) on a free loopback port."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")]
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
     base = f"http://127.0.0.1:{port}"
     env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     with running_server(command, f"{base}/health", root / "server.log", env):
@@ -56,10 +69,12 @@ def test_pipeline_tracks_into_a_real_mlflow_server(mlflow_server, tmp_path):
     runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     (run,) = [r for r in runs if r["info"]["run_id"] == info["run_id"]]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-    assert {"fid", "kid_mean", "class_consistency", "val_loss", "final_train_seconds"} <= set(metrics)
+    assert {"fid", "kid_mean", "class_consistency", "val_neg_elbo", "final_train_seconds"} <= set(metrics)
     reported = json.loads((ws / "reports" / "metrics.json").read_text())
     assert metrics["fid"] == pytest.approx(reported["fid"])
-    versions = rest(mlflow_server, "model-versions/search?filter=" + urllib.parse.quote("name='cvae-cifar10'"))["model_versions"]
+    versions = rest(mlflow_server, "model-versions/search?filter=" + urllib.parse.quote("name='cvae-cifar10'"))[
+        "model_versions"
+    ]
     assert versions and versions[0]["run_id"] == info["run_id"]
     assert {t["key"] for t in versions[0]["tags"]} >= {"fid", "kid_mean", "fid_protocol"}
 

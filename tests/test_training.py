@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, clean_env, make_prepared, run_stage, train_workspace
+from conftest import REPO, clean_env, make_prepared, model_params, run_stage, train_params, train_workspace
 
-from cvae_pipeline.config import ModelParams, TrainParams
+from cvae_pipeline.batches import BatchStream
 from cvae_pipeline.data.prepared import load_prepared
 from cvae_pipeline.models import build_model
-from cvae_pipeline.training.batches import BatchStream
 from cvae_pipeline.training.loop import Trainer, TrainingError, ema_with_warmup
 from cvae_pipeline.training.schedules import kl_weight, lr_factor
 
@@ -25,12 +24,22 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def make_trainer(prepared: Path, ckpt: Path, backbone="mlp", **train) -> Trainer:
-    cfg = TrainParams(**{"epochs": 3, "batch_size": 32, "lr": 2e-3, "seed": 7, "kl_warmup_epochs": 1.0,
-                         "warmup_epochs": 0.5, **train})
+    cfg = train_params(
+        **{"epochs": 3, "batch_size": 32, "lr": 2e-3, "seed": 7, "kl_warmup_epochs": 1.0, "warmup_epochs": 0.5, **train}
+    )
     torch.manual_seed(cfg.seed)
-    model = build_model(ModelParams(backbone=backbone, latent_dim=8, width=32 if backbone == "mlp" else 8), 10)
-    return Trainer(model, cfg, torch.device("cpu"), load_prepared(prepared, "train"),
-                   load_prepared(prepared, "val"), ckpt, fingerprint="test")
+    model = build_model(
+        model_params(backbone=backbone, latent_dim=8, latent_resolution=1, width=32 if backbone == "mlp" else 8), 10
+    )
+    return Trainer(
+        model,
+        cfg,
+        torch.device("cpu"),
+        load_prepared(prepared, "train"),
+        load_prepared(prepared, "val"),
+        ckpt,
+        fingerprint="test",
+    )
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
@@ -57,8 +66,9 @@ def test_ema_ramps_up_its_decay():
 
 def test_batches_cover_the_split_once_per_epoch_as_floats(prepared):
     split = load_prepared(prepared, "train")
-    stream = BatchStream(split.images, split.labels, 64, torch.device("cpu"),
-                         generator=torch.Generator().manual_seed(0))
+    stream = BatchStream(
+        split.images, split.labels, 64, torch.device("cpu"), generator=torch.Generator().manual_seed(0)
+    )
     seen = []
     for x, y in stream:
         assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
@@ -69,11 +79,22 @@ def test_batches_cover_the_split_once_per_epoch_as_floats(prepared):
 @pytest.mark.parametrize("hflip", [False, True])
 def test_hflip_mirrors_about_half_the_images_and_nothing_else(hflip):
     # distinct, asymmetric images: each one's batch copy identifies it and whether it was mirrored
-    images = torch.randint(0, 256, (400, 32, 32, 3), generator=torch.Generator().manual_seed(1),
-                           dtype=torch.uint8).permute(0, 3, 1, 2).contiguous().numpy()
+    images = (
+        torch.randint(0, 256, (400, 32, 32, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+        .permute(0, 3, 1, 2)
+        .contiguous()
+        .numpy()
+    )
     labels = torch.arange(400) % 10
-    stream = BatchStream(images, labels.numpy(), 64, torch.device("cpu"), shuffle=False,
-                         generator=torch.Generator().manual_seed(0), hflip=hflip)
+    stream = BatchStream(
+        images,
+        labels.numpy(),
+        64,
+        torch.device("cpu"),
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        hflip=hflip,
+    )
     batches = list(stream)
     x = torch.cat([b[0] for b in batches])
     assert torch.equal(torch.cat([b[1] for b in batches]), labels)
@@ -83,19 +104,21 @@ def test_hflip_mirrors_about_half_the_images_and_nothing_else(hflip):
     assert bool((same | mirrored).all())  # only whole-image mirrors, no other change
     if hflip:
         assert 150 < int(mirrored.sum()) < 250
-        assert [bool(b) for b in mirrored] != [bool(b) for b in
-                                               (torch.cat([b[0] for b in stream]) == original.flip(-1)).flatten(1).all(1)]
+        assert [bool(b) for b in mirrored] != [
+            bool(b) for b in (torch.cat([b[0] for b in stream]) == original.flip(-1)).flatten(1).all(1)
+        ]
     else:
         assert not mirrored.any()
 
 
 @pytest.mark.parametrize("backbone", ["mlp", "conv"])
 def test_one_epoch_lowers_the_loss(prepared, tmp_path, backbone):
-    trainer = make_trainer(prepared, tmp_path / "ck.pt", backbone, epochs=1, ema_decay=None,
-                           kl_warmup_epochs=0.0, warmup_epochs=0.0)
-    before = trainer.validate()["val_loss"]
+    trainer = make_trainer(
+        prepared, tmp_path / "ck.pt", backbone, epochs=1, ema_decay=None, kl_warmup_epochs=0.0, warmup_epochs=0.0
+    )
+    before = trainer.validate()["val_neg_elbo"]
     history = trainer.fit()
-    assert history[-1]["val_loss"] < before
+    assert history[-1]["val_neg_elbo"] < before
 
 
 @pytest.mark.parametrize("augment", ["none", "hflip"])
@@ -120,7 +143,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(prepared, tmp_path, augmen
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     for name, tensor in reference.eval_model.state_dict().items():
         assert torch.equal(tensor, resumed.eval_model.state_dict()[name]), name
-    assert [r["val_loss"] for r in reference.history] == [r["val_loss"] for r in resumed.history]
+    assert [r["val_neg_elbo"] for r in reference.history] == [r["val_neg_elbo"] for r in resumed.history]
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(prepared, tmp_path):
@@ -156,6 +179,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(prepared, tmp
 
 # --- the stage, as DVC runs it --------------------------------------------------------
 
+
 def read_mlflow_run(workspace: Path):
     import mlflow
 
@@ -166,21 +190,24 @@ def read_mlflow_run(workspace: Path):
 
 
 def test_train_stage_tracks_one_mlflow_run_with_params_metrics_grid_and_model(tmp_path):
-    ws = train_workspace(tmp_path / "ws", {"backbone": "mlp", "width": 32, "latent_dim": 8, "latent_resolution": 1},
-                         {"epochs": 2, "batch_size": 64})
+    ws = train_workspace(
+        tmp_path / "ws",
+        {"backbone": "mlp", "width": 32, "latent_dim": 8, "latent_resolution": 1},
+        {"epochs": 2, "batch_size": 64},
+    )
     result = run_stage("train", ws)
     assert result.returncode == 0, result.stderr
     client, run = read_mlflow_run(ws)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.backbone"] == "mlp" and run.data.params["train.epochs"] == "2"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
-    for key in ("train_loss", "train_nll", "train_kl", "lr", "epoch_seconds", "images_per_second"):
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_neg_elbo")] == [1, 2]
+    for key in ("train_objective", "train_nll", "train_kl", "lr", "epoch_seconds", "images_per_second"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
     assert run.data.tags["stage"] == "train"
     grids = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert grids == ["samples/epoch_0001.png", "samples/epoch_0002.png"]
     metrics = json.loads((ws / "reports" / "train" / "metrics.json").read_text())
-    assert metrics["epochs"] == 2 and metrics["val_loss"] == pytest.approx(run.data.metrics["final_val_loss"])
+    assert metrics["epochs"] == 2 and metrics["val_neg_elbo"] == pytest.approx(run.data.metrics["final_val_neg_elbo"])
 
     import mlflow
     import numpy as np
@@ -216,11 +243,19 @@ def test_bad_backbone_fails_at_once_listing_valid_ones(tmp_path):
 @pytest.mark.slow
 def test_killed_stage_resumes_to_the_same_weights(tmp_path):
     """SIGKILL the real stage process after its first checkpoint; `dvc repro train` again resumes."""
-    settings = ({"backbone": "conv", "width": 16, "latent_dim": 16, "latent_resolution": 1}, {"epochs": 4, "batch_size": 32})
+    settings = (
+        {"backbone": "conv", "width": 16, "latent_dim": 16, "latent_resolution": 1},
+        {"epochs": 4, "batch_size": 32},
+    )
     killed = train_workspace(tmp_path / "killed", *settings, train_per_class=60)
     clean = train_workspace(tmp_path / "clean", *settings, train_per_class=60)
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=killed, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "train.py")],
+        cwd=killed,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = killed / "models" / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:

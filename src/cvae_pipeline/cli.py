@@ -17,11 +17,17 @@ import yaml
 from . import __version__
 from .config import DEFAULT_PARAMS_FILE, load_params
 from .errors import PipelineError
+from .stage import check_python
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    """Validate params.yaml and print it with every default filled in."""
+    """Validate params.yaml and print it, or (--markdown) the configuration reference of docs/."""
     params = load_params(args.params)
+    if args.markdown:
+        from .config_docs import render_markdown
+
+        print(render_markdown(yaml.safe_load(Path(args.params).read_text())), end="")
+        return 0
     print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
     return 0
 
@@ -50,12 +56,12 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def _features_of(image_set, args: argparse.Namespace, extractor_box: list):
     """Inception features of an image set (the network is loaded once, on first need)."""
     from .metrics.inception import InceptionFeatures
-    from .training.runtime import resolve_device
+    from .runtime import resolve_device
 
     if image_set.features is not None:
         return image_set.features
     if not extractor_box:
-        extractor_box.append(InceptionFeatures(resolve_device(args.device), args.batch_size))
+        extractor_box.append(InceptionFeatures(resolve_device(args.device, "--device"), args.batch_size))
     return extractor_box[0](image_set.images, desc=f"inception {image_set.source.name}")
 
 
@@ -145,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help=cmd_params.__doc__)
     p.add_argument("--params", default=DEFAULT_PARAMS_FILE)
+    p.add_argument(
+        "--markdown", action="store_true", help="print docs/configuration.md: every knob, its value, meaning"
+    )
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("data-info", help=cmd_data_info.__doc__)
@@ -188,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare" and len(args.runs) < 2:
         parser.error("compare takes at least two runs: RUN_A RUN_B")
     try:
+        check_python()
         return args.func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,11 +50,13 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     the runs that have it disagree on it."""
     params = [c for c in runs.columns if c.startswith("params.")]
     differing = [c for c in params if runs[c].dropna().astype(str).nunique() > 1]
-    table = pd.DataFrame({
-        "run": runs.get("tags.mlflow.runName", pd.Series([""] * len(runs))).fillna(""),
-        "run_id": runs["run_id"].str[:8],
-        "started": pd.to_datetime(runs["start_time"]).dt.strftime("%Y-%m-%d %H:%M"),
-    })
+    table = pd.DataFrame(
+        {
+            "run": runs.get("tags.mlflow.runName", pd.Series([""] * len(runs))).fillna(""),
+            "run_id": runs["run_id"].str[:8],
+            "started": pd.to_datetime(runs["start_time"]).dt.strftime("%Y-%m-%d %H:%M"),
+        }
+    )
     for column in differing:
         table[column.removeprefix("params.")] = runs[column]
     for key, label in SCORES.items():
@@ -98,8 +100,9 @@ def _resolve_run(client, experiment_ids: list[str], ref: str):
     matches = [r for r in runs if r.info.run_id.startswith(ref) or r.info.run_name == ref]
     if len(matches) != 1:
         what = "no run" if not matches else f"{len(matches)} runs"
-        raise PipelineError(f"{what} matching '{ref}': give a run id, a unique id prefix or a run name "
-                            "(see `cvae report`)")
+        raise PipelineError(
+            f"{what} matching '{ref}': give a run id, a unique id prefix or a run name (see `cvae report`)"
+        )
     return matches[0]
 
 

@@ -18,7 +18,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool, StrictInt,
+    StrictBool,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -35,12 +36,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def knob(description: str, **constraints: Any) -> Any:
+    """A required field with its one description. The value lives in ``params.yaml`` only: the schema
+    says what is allowed and what it means, never a second default that could drift from the file."""
+    return Field(description=description, **constraints)
+
+
 class DataSource(_Section):
     """One candidate archive: a local path or an http(s) URL, pinned by one checksum."""
 
-    uri: str = Field(min_length=1, description="local path (relative to the repo root) or http(s) URL")
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    md5: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$")
+    uri: str = knob("local path (relative to the repository root) or http(s) URL of a CIFAR-10 archive", min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="its SHA-256 (or give md5)")
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$", description="its MD5 (or give sha256)")
 
     @model_validator(mode="after")
     def _exactly_one_checksum(self) -> DataSource:
@@ -64,8 +71,11 @@ class DataSource(_Section):
 class DataParams(_Section):
     """``data``: where the raw archive comes from (read by the ``download`` stage)."""
 
-    sources: list[DataSource] = Field(min_length=1)
-    timeout_seconds: float = Field(default=60.0, gt=0, description="network timeout per connect/read")
+    sources: list[DataSource] = knob(
+        "candidate archives ({uri, sha256 | md5}), tried in order; the first that exists and verifies is used",
+        min_length=1,
+    )
+    timeout_seconds: float = knob("network timeout per connect and per read of a URL source", gt=0)
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -78,14 +88,12 @@ class DataParams(_Section):
 class PrepareParams(_Section):
     """``prepare``: decoding, validation split and quick-run subsets."""
 
-    val_fraction: float = Field(
-        default=0.1, gt=0, le=0.5, description="fraction of the train set held out for validation"
+    val_fraction: float = knob("fraction of the train set held out for validation, stratified per class", gt=0, le=0.5)
+    train_subset: StrictInt | None = knob(
+        "training images kept after the validation split, stratified (1000 = 100 per class); null = all", gt=0
     )
-    train_subset: StrictInt | None = Field(
-        default=None, gt=0, description="training images kept after the validation split; null = all"
-    )
-    test_subset: StrictInt | None = Field(default=None, gt=0, description="test images kept; null = all")
-    seed: StrictInt = Field(default=0, ge=0)
+    test_subset: StrictInt | None = knob("test images kept, stratified; null = all", gt=0)
+    seed: StrictInt = knob("seed of the split and the subsets", ge=0)
 
 
 #: Registered backbones (``cvae_pipeline.models.BACKBONES``; a test keeps the two in step).
@@ -95,117 +103,134 @@ Backbone = Literal["mlp", "conv", "resnet"]
 class FlowParams(_Section):
     """``model.flow``: normalizing flows in the latent space (see ``models/flows.py``)."""
 
-    posterior: Literal["none", "planar", "iaf"] = Field(
-        default="none", description="flow on q(z|x,y): none | planar (Rezende & Mohamed) | iaf (Kingma et al.)")
-    steps: StrictInt = Field(default=4, ge=1, le=64, description="steps of the posterior flow")
-    hidden: StrictInt = Field(default=256, ge=4, le=4096, description="hidden units of IAF's MADE / the prior's couplings")
-    prior_steps: StrictInt = Field(default=4, ge=1, le=64, description="RealNVP couplings of model.prior=flow")
+    posterior: Literal["none", "planar", "iaf"] = knob(
+        "flow on q(z|x,y): none | planar (Rezende & Mohamed) | iaf (inverse autoregressive, Kingma et al.)"
+    )
+    steps: StrictInt = knob("steps of the posterior flow", ge=1, le=64)
+    hidden: StrictInt = knob("hidden units of IAF's MADE and of the flow prior's couplings", ge=4, le=4096)
+    prior_steps: StrictInt = knob("RealNVP couplings of model.prior: flow", ge=1, le=64)
 
 
 class ModelParams(_Section):
     """``model``: which CVAE, how big, how conditioned, which latent flows and prior, which likelihood."""
 
-    backbone: Backbone = "resnet"
-    latent_dim: StrictInt = Field(default=64, ge=1, le=4096)
-    width: StrictInt = Field(default=32, ge=4, le=2048, description="hidden units (mlp) / base channels")
-    blocks: StrictInt = Field(default=1, ge=0, le=8, description="residual blocks per resolution (resnet)")
-    latent_resolution: Literal[1, 4, 8] = Field(
-        default=1, description="1: z is a vector; 4 or 8: z is a latent_dim/r^2-channel r x r map (resnet only)")
-    conditioning: Literal["concat", "film"] = "film"
-    prior: Literal["standard", "flow"] = Field(
-        default="standard", description="p(z|y): standard N(0, I) | flow (class-conditional RealNVP, trained jointly)")
-    flow: FlowParams = FlowParams()
-    likelihood: Literal["bernoulli", "gaussian", "logistic_mixture"] = "gaussian"
-    gaussian_variance: Literal["fixed", "learned", "pixel"] = "learned"
-    gaussian_std: float = Field(default=0.1, gt=0, le=1, description="fixed std, or the learned std's start")
-    mixtures: StrictInt = Field(default=10, ge=1, le=64, description="components of likelihood=logistic_mixture")
+    backbone: Backbone = knob("mlp (the classic CVAE of the original write-up) | conv | resnet")
+    latent_dim: StrictInt = knob("numbers in z (with latent_resolution r: latent_dim / r^2 channels)", ge=1, le=4096)
+    width: StrictInt = knob("hidden units (mlp) or base channels (conv, resnet)", ge=4, le=2048)
+    blocks: StrictInt = knob("residual blocks per resolution (resnet)", ge=0, le=8)
+    latent_resolution: Literal[1, 4, 8] = knob(
+        "1: z is a vector; 4 or 8: z is a (latent_dim / r^2)-channel r x r map the decoder reads locally (resnet)"
+    )
+    conditioning: Literal["concat", "film"] = knob(
+        "how the class enters: concat (one-hot beside the input) | film (a learned embedding modulating every block)"
+    )
+    prior: Literal["standard", "flow"] = knob(
+        "p(z|y): standard N(0, I) | flow (a class-conditional RealNVP, trained jointly)"
+    )
+    flow: FlowParams = knob("normalizing flows in the latent space")
+    likelihood: Literal["bernoulli", "gaussian", "logistic_mixture"] = knob(
+        "p(x|z,y): bernoulli (BCE, the classic) | gaussian | logistic_mixture (PixelCNN++, discrete: bits/dim)"
+    )
+    gaussian_variance: Literal["fixed", "learned", "pixel"] = knob(
+        "the Gaussian's std: fixed | learned (one per colour channel) | pixel (the decoder outputs one per pixel)"
+    )
+    gaussian_std: float = knob("the fixed std, or the learned std's starting value", gt=0, le=1)
+    mixtures: StrictInt = knob("components of likelihood: logistic_mixture", ge=1, le=64)
 
     @model_validator(mode="after")
     def _latent_map_fits(self) -> ModelParams:
         r = self.latent_resolution
         if r > 1 and self.backbone != "resnet":
-            raise ValueError(f"latent_resolution {r} needs backbone resnet (got {self.backbone}); set latent_resolution 1")
+            raise ValueError(
+                f"latent_resolution {r} needs backbone resnet (got {self.backbone}); set latent_resolution 1"
+            )
         if self.latent_dim % (r * r):
-            raise ValueError(f"latent_dim {self.latent_dim} is not a whole number of {r}x{r} channels; "
-                             f"use a multiple of {r * r}")
+            raise ValueError(
+                f"latent_dim {self.latent_dim} is not a whole number of {r}x{r} channels; use a multiple of {r * r}"
+            )
         return self
 
 
 class TrainParams(_Section):
     """``train``: optimisation, schedules, regularisers, reproducibility and hardware."""
 
-    epochs: StrictInt = Field(default=8, ge=1)
-    batch_size: StrictInt = Field(default=128, ge=1)
-    lr: float = Field(default=1e-3, gt=0, le=1)
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    weight_decay: float = Field(default=0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_epochs: float = Field(default=0.5, ge=0, description="linear lr warm-up")
-    beta: float = Field(default=1.0, ge=0, description="weight of the KL term after warm-up")
-    kl_warmup_epochs: float = Field(default=1.0, ge=0, description="beta rises linearly from 0 over these")
-    free_bits: float = Field(default=0.0, ge=0, description="nats per latent dim (0 = off)")
-    grad_clip: float | None = Field(default=100.0, gt=0, description="max gradient norm; null = off")
-    ema_decay: float | None = Field(default=0.999, gt=0, lt=1, description="EMA of weights; null = off")
-    augment: Literal["none", "hflip"] = Field(
-        default="none", description="training-batch augmentation: none, or a random horizontal flip of half the images")
-    seed: StrictInt = Field(default=0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: StrictInt | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
-    sample_every: StrictInt = Field(default=1, ge=1, description="log a sample grid every N epochs")
+    epochs: StrictInt = knob("passes over the training split", ge=1)
+    batch_size: StrictInt = knob("images per optimiser step (over all processes under torchrun)", ge=1)
+    lr: float = knob("peak learning rate", gt=0, le=1)
+    optimizer: Literal["adam", "adamw"] = knob("adam | adamw (decoupled weight decay)")
+    weight_decay: float = knob("weight decay of the optimiser", ge=0)
+    lr_schedule: Literal["constant", "cosine"] = knob("constant | cosine decay to 0, after the warm-up")
+    warmup_epochs: float = knob("linear learning-rate warm-up from 0, in epochs", ge=0)
+    beta: float = knob("weight of the KL term after its warm-up (1 = the ELBO)", ge=0)
+    kl_warmup_epochs: float = knob("the KL weight rises linearly from 0 to beta over these epochs", ge=0)
+    free_bits: float = knob("nats per latent dimension the KL is not penalised below; 0 = off", ge=0)
+    grad_clip: float | None = knob("max gradient norm; null = off", gt=0)
+    ema_decay: float | None = knob(
+        "decay of the exponential moving average of the weights used to validate and sample; null = off", gt=0, lt=1
+    )
+    augment: Literal["none", "hflip"] = knob(
+        "none | hflip: each training image is mirrored left-right with probability 1/2"
+    )
+    seed: StrictInt = knob("seed of the weights, the batch order, the latent noise and the flips", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto (CUDA when present) | cpu | cuda; sample uses it too")
+    num_threads: StrictInt | None = knob("torch CPU threads; null = torch's default", ge=1)
+    sample_every: StrictInt = knob("log a 10x10 class-by-row sample grid every N epochs (and after the last)", ge=1)
 
 
 class SampleParams(_Section):
     """``sample``: the generated set that ``evaluate`` scores."""
 
-    per_class: StrictInt = Field(default=100, ge=2, description="images generated per class")
-    temperature: float = Field(default=1.0, ge=0, description="std of the prior's base draw (GMM: of its components)")
-    latents: Literal["prior", "gmm"] = Field(
-        default="prior", description="z from the model's prior, or a per-class GMM fitted ex post on the encoded train set")
-    gmm_components: StrictInt = Field(default=10, ge=1, le=256, description="components per class of latents=gmm")
-    decoder_output: Literal["mean", "sample"] = Field(
-        default="mean", description="the decoder's mean image, or a draw from the likelihood")
-    seed: StrictInt = Field(default=0, ge=0)
-    batch_size: StrictInt = Field(default=500, ge=1)
+    per_class: StrictInt = knob("images generated per class (1000 = the FID-10k protocol)", ge=2)
+    temperature: float = knob(
+        "scale of the latent draw: the prior's base std, or the GMM components' spread (latents: gmm)", ge=0
+    )
+    latents: Literal["prior", "gmm"] = knob(
+        "prior (the model's p(z|y)) | gmm (a per-class Gaussian mixture fitted on the encoded training split)"
+    )
+    gmm_components: StrictInt = knob("mixture components per class of latents: gmm", ge=1, le=256)
+    decoder_output: Literal["mean", "sample"] = knob("mean (the decoder's mean image) | sample (a draw from p(x|z,y))")
+    seed: StrictInt = knob("seed of the latent draws", ge=0)
+    batch_size: StrictInt = knob("images decoded (and training images encoded) per batch", ge=1)
 
 
 class EvaluateParams(_Section):
     """``evaluate``: FID/KID reference, metric settings, likelihood bounds."""
 
-    reference: Literal["test", "train"] = Field(default="test", description="real split FID is measured against")
-    reference_size: StrictInt | None = Field(default=None, ge=20, description="stratified subset; null = all")
-    batch_size: StrictInt = Field(default=50, ge=1, description="Inception batch size")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    kid_subsets: StrictInt = Field(default=100, ge=1)
-    kid_subset_size: StrictInt = Field(default=1000, ge=2)
-    pr_neighbours: StrictInt = Field(default=3, ge=1, description="k of the k-NN precision/recall manifolds")
-    probe_folds: StrictInt = Field(default=3, ge=2, description="cross-validation folds of the linear probe")
-    iw_samples: StrictInt = Field(default=16, ge=1, description="importance samples of the likelihood bound")
-    likelihood_images: StrictInt | None = Field(default=None, ge=1, description="test images for bounds; null = all")
-    reconstruction_fid: StrictBool = Field(
-        default=False, description="also the FID of the likelihood test images' reconstructions (the decoder's floor)")
+    reference: Literal["test", "train"] = knob("the real split FID and KID are measured against")
+    reference_size: StrictInt | None = knob("a stratified subset of the reference; null = all of it", ge=20)
+    batch_size: StrictInt = knob("Inception batch size", ge=1)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto | cpu | cuda, for Inception and the likelihood bounds")
+    kid_subsets: StrictInt = knob("subsets KID is averaged over", ge=1)
+    kid_subset_size: StrictInt = knob("images per KID subset", ge=2)
+    pr_neighbours: StrictInt = knob("k of the k-NN manifolds of precision and recall", ge=1)
+    probe_folds: StrictInt = knob("cross-validation folds of the class-consistency probe's ceiling", ge=2)
+    iw_samples: StrictInt = knob("importance samples of the test-set likelihood bound", ge=1)
+    likelihood_images: StrictInt | None = knob("test images for the likelihood bounds (stratified); null = all", ge=1)
+    reconstruction_fid: StrictBool = knob(
+        "also the FID of those images' reconstructions: how good samples can get with this decoder"
+    )
 
 
 class MlflowParams(_Section):
     """``mlflow``: where runs are grouped (the tracking URI comes from MLFLOW_TRACKING_URI)."""
 
-    experiment: str = Field(default="cvae-cifar10", min_length=1)
-    registered_model: str | None = Field(
-        default="cvae-cifar10", min_length=1,
-        description="Model Registry name the evaluated model is registered under (null: do not register)")
-    required: StrictBool = Field(
-        default=True, description="false: an unreachable tracking store only warns and the stages run untracked")
+    experiment: str = knob("MLflow experiment of the runs", min_length=1)
+    registered_model: str | None = knob(
+        "Model Registry name every evaluated generator is registered under; null = do not register", min_length=1
+    )
+    required: StrictBool = knob("false: an unreachable tracking store only warns and the stages run untracked")
 
 
 class PipelineParams(_Section):
     """The whole of ``params.yaml``."""
 
-    data: DataParams
-    prepare: PrepareParams = PrepareParams()
-    model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    sample: SampleParams = SampleParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    mlflow: MlflowParams = MlflowParams()
+    data: DataParams = knob("where the raw archive comes from")
+    prepare: PrepareParams = knob("decoding, validation split and subsets")
+    model: ModelParams = knob("the CVAE")
+    train: TrainParams = knob("its training")
+    sample: SampleParams = knob("the generated set evaluate scores")
+    evaluate: EvaluateParams = knob("the metrics")
+    mlflow: MlflowParams = knob("tracking and registry")
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -265,6 +290,20 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> PipelineParams:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """Where the mistake is: YAML notices it where parsing fails — often the line *after* an unclosed
+    bracket or quote — so name the line the broken construct started on too."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem_mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    text = problem
+    if problem_mark is not None:
+        text += f" at line {problem_mark.line + 1}, column {problem_mark.column + 1}"
+    context = getattr(exc, "context", None)
+    if context and context_mark is not None and (problem_mark is None or context_mark.line != problem_mark.line):
+        text += f" ({context} that starts at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return text
+
+
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS_FILE) -> PipelineParams:
     """Read and validate ``params.yaml``; raise :class:`ConfigError` with a one-line reason."""
     path = Path(path)
@@ -273,7 +312,5 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS_FILE) -> PipelineParams
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {describe_yaml_error(exc)}") from None
     return parse_params(raw, str(path))

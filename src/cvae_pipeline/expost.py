@@ -5,7 +5,8 @@ where no training image was encoded decode to blurry "in-between" images. Fittin
 to where the encoder actually puts each class and sampling from it (RAE's GMM, Ghosh et al.
 2020; in spirit the two-stage VAE of Dai & Wipf 2019) fixes that at sampling time without
 retraining — which is why it is a ``sample`` option (``sample.latents: gmm``), cheap to
-sweep, and lives outside ``models/`` (whose code the ``train`` stage depends on). It is not the prior of the ELBO: the likelihood bounds stay those of the trained model.
+sweep, and lives outside ``models/`` (whose code the ``train`` stage depends on). It is not the
+prior of the ELBO: the likelihood bounds stay those of the trained model.
 The mixtures are scikit-learn's ``GaussianMixture``; sampling is re-implemented in torch
 only so that it follows the seeded torch generator of the rest of sampling.
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .batches import BatchStream
 from .models import BaseCVAE
-from .training.batches import BatchStream
 
 
 @torch.no_grad()
@@ -32,30 +33,32 @@ class ClassGMM:
     """Per-class full-covariance Gaussian mixtures over the latent space."""
 
     def __init__(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray):
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)        # [C, K]
-        self.means = torch.as_tensor(means, dtype=torch.float32)            # [C, K, D]
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)  # [C, K]
+        self.means = torch.as_tensor(means, dtype=torch.float32)  # [C, K, D]
         self.covariances = torch.as_tensor(covariances, dtype=torch.float64)  # [C, K, D, D]
         self.cholesky = torch.linalg.cholesky(self.covariances).float()
 
     @classmethod
-    def fit(cls, latents: np.ndarray, labels: np.ndarray, num_classes: int, components: int,
-            seed: int = 0) -> ClassGMM:
+    def fit(cls, latents: np.ndarray, labels: np.ndarray, num_classes: int, components: int, seed: int = 0) -> ClassGMM:
         from sklearn.mixture import GaussianMixture
 
         weights, means, covariances = [], [], []
         for c in range(num_classes):
             z = latents[labels == c]
             if len(z) < components:
-                raise ValueError(f"class {c} has {len(z)} encoded images, fewer than sample.gmm_components="
-                                 f"{components}; lower sample.gmm_components")
+                raise ValueError(
+                    f"class {c} has {len(z)} encoded images, fewer than sample.gmm_components="
+                    f"{components}; lower sample.gmm_components"
+                )
             gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(z)
             weights.append(gmm.weights_)
             means.append(gmm.means_)
             covariances.append(gmm.covariances_)
         return cls(np.stack(weights), np.stack(means), np.stack(covariances))
 
-    def sample(self, labels: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """z from the mixture of each label's class; ``temperature`` scales the components' spread."""
         device = labels.device
         weights = self.weights.to(device)[labels]

@@ -25,23 +25,65 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    platform or file system cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _backup_of(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_directory(target: str | os.PathLike) -> None:
+    """Put back an old output that a replace stopped between its two renames (the fallback path of
+    :func:`atomic_directory`, on systems without an atomic exchange)."""
+    target = Path(target)
+    backup = _backup_of(target)
+    if backup.exists() and not target.exists():
+        os.replace(backup, target)
+    elif backup.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``target`` on success.
 
-    The temporary directory is a hidden sibling of ``target`` (same file
-    system, so the final rename is atomic). On any exception it is removed and
-    ``target`` is left as it was.
+    The temporary directory is a hidden sibling of ``target`` (same file system). On any exception
+    it is removed and ``target`` is left as it was. On success the two are swapped in one atomic
+    step where the system can (Linux), so a crash at any moment leaves the old or the new output,
+    never neither; the old one is deleted only after the swap. Elsewhere the old output is renamed
+    aside, the new one into place, and a later call puts the old one back if a crash fell between.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, _default_mode(directory=True))
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.replace(tmp, target)
+        if not target.exists():
+            os.replace(tmp, target)
+        elif target.is_dir() and _exchange(tmp, target):
+            pass  # tmp now holds the old output, deleted below
+        else:
+            backup = _backup_of(target)
+            os.replace(target, backup)
+            os.replace(tmp, target)
+            shutil.rmtree(backup) if backup.is_dir() else backup.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -67,3 +109,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file + rename."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def save_png(image, path: str | os.PathLike) -> None:
+    """Write a PIL image as PNG via a temporary file + rename."""
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")

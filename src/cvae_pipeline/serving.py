@@ -46,7 +46,9 @@ def parse_labels(model_input: Any, classes: list[str]) -> np.ndarray:
 
     if isinstance(model_input, pd.DataFrame):
         if "label" not in model_input.columns:
-            raise _bad_request(f"input needs a 'label' column (class name or index); got columns {list(model_input.columns)}")
+            raise _bad_request(
+                f"input needs a 'label' column (class name or index); got columns {list(model_input.columns)}"
+            )
         values = model_input["label"].tolist()
     elif isinstance(model_input, (pd.Series, np.ndarray, list, tuple)):
         values = list(np.asarray(model_input, dtype=object).ravel())
@@ -73,6 +75,11 @@ def parse_labels(model_input: Any, classes: list[str]) -> np.ndarray:
 class CVAEGenerator(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around the pipeline's ``models/model.pt``."""
 
+    # ``predict`` validates its own input (a list, an array or a DataFrame of labels: parse_labels answers
+    # 400 with the reason). Without this MLflow, which validates by type hints, warns at class definition
+    # that there are none — a warning that then stood before every stage's one-line error.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from .expost import ClassGMM
         from .models.artifact import load_trained_model
@@ -93,8 +100,10 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         if latents not in ("gmm", "prior"):
             raise _bad_request(f"latents must be 'gmm' or 'prior', got {latents!r}")
         if latents == "gmm" and self.gmm is None:
-            raise _bad_request("latents='gmm': this model ships no GMM (it was not sampled with "
-                               "sample.latents: gmm); use latents='prior'")
+            raise _bad_request(
+                "latents='gmm': this model ships no GMM (it was not sampled with "
+                "sample.latents: gmm); use latents='prior'"
+            )
         seed = params.get("seed")
         generator = torch.Generator(device=self.device)
         if seed is not None and int(seed) >= 0:
@@ -102,8 +111,12 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         else:
             generator.seed()
         with torch.inference_mode():
-            images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator,
-                                       latents=self.gmm if latents == "gmm" else None)
+            images = self.model.sample(
+                torch.from_numpy(labels),
+                temperature,
+                generator=generator,
+                latents=self.gmm if latents == "gmm" else None,
+            )
         return images.float().cpu().numpy()
 
 
@@ -117,13 +130,19 @@ def signature(temperature: float = 1.0):
     return ModelSignature(
         inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
-        params=ParamSchema([ParamSpec("seed", "long", -1), ParamSpec("temperature", "double", float(temperature)),
-                            ParamSpec("latents", "string", "")]),
+        params=ParamSchema(
+            [
+                ParamSpec("seed", "long", -1),
+                ParamSpec("temperature", "double", float(temperature)),
+                ParamSpec("latents", "string", ""),
+            ]
+        ),
     )
 
 
-def log_generator(model_file: Path, classes: list[str], name: str = "model", latent_gmm: Path | None = None,
-                  temperature: float = 1.0):
+def log_generator(
+    model_file: Path, classes: list[str], name: str = "model", latent_gmm: Path | None = None, temperature: float = 1.0
+):
     """Log ``model_file`` as a pyfunc generator in the active run; returns MLflow's ModelInfo.
 
     ``latent_gmm``: a ``ClassGMM`` file to ship with it, so the served model draws its latents
@@ -148,9 +167,12 @@ def log_generator(model_file: Path, classes: list[str], name: str = "model", lat
         model_config={"temperature": float(temperature)},
         input_example=list(classes[:2]),
         pip_requirements=requirements,
-        metadata={"classes": list(classes), "input": "class names or indices (column 'label')",
-                  "params": "seed (int, -1 = random), temperature (float), latents (gmm | prior)",
-                  "default_temperature": float(temperature),
-                  "latents": "ex-post per-class GMM" if latent_gmm else "model prior",
-                  "output": "float32 images [N,3,32,32] in [0,1]"},
+        metadata={
+            "classes": list(classes),
+            "input": "class names or indices (column 'label')",
+            "params": "seed (int, -1 = random), temperature (float), latents (gmm | prior)",
+            "default_temperature": float(temperature),
+            "latents": "ex-post per-class GMM" if latent_gmm else "model prior",
+            "output": "float32 images [N,3,32,32] in [0,1]",
+        },
     )

@@ -4,21 +4,22 @@ Python's ``tarfile`` ``data`` filter already refuses entries that resolve
 outside the destination; on top of it we refuse absolute names (which it would
 silently make relative) and *every* link and special file, because a dataset archive has no business containing
 them and a link is the classic way to write outside the target later. The
-archive is extracted into a temporary sibling directory and renamed into place
-only once extraction finished and the layout was recognised, so a truncated,
-unsafe or unknown archive never leaves a ``data/raw`` that looks valid.
+archive is extracted into a temporary sibling directory and swapped into place
+only once extraction finished, its checksum verified and the layout was
+recognised, so a truncated, damaged, unsafe or unknown archive never leaves a
+``data/raw`` that looks valid, and never costs the one that was there.
 """
 
 from __future__ import annotations
 
+import lzma
 import os
-import shutil
 import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ArchiveError
+from ..errors import ArchiveError, PipelineError
 from ..io import atomic_directory
 
 
@@ -46,37 +47,40 @@ def _strict_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.Ta
 
 
 def extract_tar(archive: Path, dest: Path) -> None:
-    """Extract ``archive`` (tar, optionally gz/bz2/xz) into the existing directory ``dest``."""
+    """Extract ``archive`` (tar, optionally gz/bz2/xz) into the existing directory ``dest``.
+
+    ``tarfile`` stops reading at the end-of-archive marker, before the compressed stream's own
+    check (gzip's CRC-32 and length, bz2's and xz's checksums) is reached: the rest of the stream is
+    read here, so a damaged archive fails even when its damage decompresses cleanly."""
     if not tarfile.is_tarfile(archive):
         raise ArchiveError(
-            f"{archive}: not a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); "
-            "point data.sources at a CIFAR-10 tarball"
+            f"{archive}: not a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); point data.sources at a CIFAR-10 tarball"
         )
     try:
         with tarfile.open(archive, mode="r:*", errorlevel=2) as tar:
             tar.extractall(dest, filter=_strict_filter(archive))
+            while tar.fileobj.read(1 << 20):  # to the end: the decompressor verifies its checksum there
+                pass
     except ArchiveError:
         raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, OSError, lzma.LZMAError, ValueError) as exc:
         raise ArchiveError(
             f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); "
             "re-download it or check data.sources"
         ) from None
 
 
-def extract_atomically(
-    archive: Path, target: Path, validate: Callable[[Path], object] | None = None
-) -> None:
+def extract_atomically(archive: Path, target: Path, validate: Callable[[Path], object] | None = None) -> None:
     """Extract ``archive`` to ``target`` all-or-nothing.
 
-    ``validate`` (e.g. layout detection) runs on the extracted tree before the
-    final rename; if it raises, nothing is left at ``target``.
+    ``validate`` (e.g. layout detection) runs on the extracted tree before it replaces ``target``.
+    If extraction or validation fails, ``target`` is left exactly as it was (an earlier, complete
+    extraction stays, as DVC's lock file still describes it); the error names the archive.
     """
-    target = Path(target)
-    if target.exists():
-        # A stale target must not survive a failed extraction and pass for the new one.
-        shutil.rmtree(target) if target.is_dir() else os.unlink(target)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(Path(target)) as tmp:
         extract_tar(archive, tmp)
         if validate is not None:
-            validate(tmp)
+            try:
+                validate(tmp)
+            except PipelineError as exc:
+                raise ArchiveError(str(exc).replace(str(tmp), str(archive))) from None

@@ -82,9 +82,7 @@ def _decode_image(path: Path) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot decode image ({exc}); the archive is damaged") from None
     if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DatasetError(
-            f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-        )
+        raise DatasetError(f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     return array
 
 
@@ -94,9 +92,7 @@ def read_image_folders(root: Path) -> DecodedDataset:
     classes, class_to_idx = find_classes(str(root / "train"))
     test_classes, _ = find_classes(str(root / "test"))
     if test_classes != classes:
-        raise DatasetError(
-            f"{root}: train and test class folders differ: train {classes}, test {test_classes}"
-        )
+        raise DatasetError(f"{root}: train and test class folders differ: train {classes}, test {test_classes}")
     splits = {}
     for split in SPLITS:
         try:

@@ -16,7 +16,9 @@ from ..errors import DatasetError
 def _check_feasible(labels: np.ndarray, size: int, what: str) -> None:
     n_classes = len(np.unique(labels))
     if size < n_classes:
-        raise DatasetError(f"{what}: {size} is fewer than the {n_classes} classes; stratification needs at least one per class")
+        raise DatasetError(
+            f"{what}: {size} is fewer than the {n_classes} classes; stratification needs at least one per class"
+        )
     if size > len(labels):
         raise DatasetError(f"{what}: {size} is more than the {len(labels)} images available")
 

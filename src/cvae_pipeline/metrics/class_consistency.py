@@ -69,16 +69,29 @@ class LinearProbe:
 
     def save(self, path: Path) -> None:
         with atomic_file(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias,
-                     classes=self.classes, real_cv_accuracy=self.real_cv_accuracy)
+            np.savez(
+                f,
+                mean=self.mean,
+                scale=self.scale,
+                weights=self.weights,
+                bias=self.bias,
+                classes=self.classes,
+                real_cv_accuracy=self.real_cv_accuracy,
+            )
 
     @classmethod
     def load(cls, path: Path) -> LinearProbe:
         if not Path(path).is_file():
             raise PipelineError(f"{path}: missing; run `dvc repro fid_reference` first")
         with np.load(path) as data:
-            return cls(data["mean"], data["scale"], data["weights"], data["bias"], data["classes"],
-                       float(data["real_cv_accuracy"]))
+            return cls(
+                data["mean"],
+                data["scale"],
+                data["weights"],
+                data["bias"],
+                data["classes"],
+                float(data["real_cv_accuracy"]),
+            )
 
 
 def class_consistency(probe: LinearProbe, fake_features: np.ndarray, fake_labels: np.ndarray) -> ProbeResult:

@@ -12,8 +12,9 @@ from .precision_recall import precision_recall
 from .reference import FeatureSet
 
 
-def sample_quality(reference: FeatureSet, reference_stats: Statistics, probe: LinearProbe, fake: FeatureSet,
-                   cfg: EvaluateParams) -> dict:
+def sample_quality(
+    reference: FeatureSet, reference_stats: Statistics, probe: LinearProbe, fake: FeatureSet, cfg: EvaluateParams
+) -> dict:
     """FID, KID, per-class FID/KID, class consistency and precision/recall."""
     fake_stats = Statistics.of(fake.features)
     out: dict = {
@@ -40,14 +41,3 @@ def sample_quality(reference: FeatureSet, reference_stats: Statistics, probe: Li
         out["per_class"].setdefault(fake.classes[label], {})["class_consistency"] = acc
     out["precision"], out["recall"] = precision_recall(reference.features, fake.features, cfg.pr_neighbours)
     return out
-
-
-def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """``{"per_class": {"cat": {"fid": 1}}}`` -> ``{"per_class.cat.fid": 1.0}`` (for MLflow)."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten_metrics(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)):
-            flat[f"{prefix}{key}"] = float(value)
-    return flat

@@ -72,8 +72,9 @@ def verify_weights(path: Path, expected_sha1: str = WEIGHTS_SHA1) -> None:
         )
 
 
-def load_inception(path: Path | None = None, device: torch.device | str = "cpu", optimize: bool = True,
-                   verify: bool = True) -> torch.nn.Module:
+def load_inception(
+    path: Path | None = None, device: torch.device | str = "cpu", optimize: bool = True, verify: bool = True
+) -> torch.nn.Module:
     """The verified network; ``[N,3,299,299]`` in [-1, 1] -> ``[N,2048]`` pool3 features.
 
     Built from the TorchScript file's weights in pytorch-fid's architecture
@@ -98,16 +99,23 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
 class InceptionFeatures:
     """Callable: images -> float64 features ``[N, 2048]``, batched, with a progress bar."""
 
-    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 50, channels_last: bool = True,
-                 weights: Path | None = None, optimize: bool = True):
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        batch_size: int = 50,
+        channels_last: bool = True,
+        weights: Path | None = None,
+        optimize: bool = True,
+    ):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.channels_last = channels_last
         self.model = load_inception(weights, self.device, optimize=optimize)
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray | torch.Tensor, desc: str = "inception features",
-                 progress: bool = True) -> np.ndarray:
+    def __call__(
+        self, images: np.ndarray | torch.Tensor, desc: str = "inception features", progress: bool = True
+    ) -> np.ndarray:
         images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
         if images.ndim != 4 or images.shape[1] != 3:
             raise PipelineError(f"expected images [N, 3, H, W], got {list(images.shape)}")

@@ -61,7 +61,9 @@ def pytorch_fid_state_dict(torchscript_path: Path) -> dict[str, torch.Tensor]:
     for src, dst in zip(convs, blocks):
         weight = source[f"{src}.weight"]
         if weight.shape != target[f"{dst}.conv.weight"].shape:
-            raise PipelineError(f"shape mismatch: {src} {list(weight.shape)} vs {dst} {list(target[f'{dst}.conv.weight'].shape)}")
+            raise PipelineError(
+                f"shape mismatch: {src} {list(weight.shape)} vs {dst} {list(target[f'{dst}.conv.weight'].shape)}"
+            )
         out[f"{dst}.conv.weight"] = weight.clone()
         out[f"{dst}.bn.weight"] = torch.ones_like(source[f"{src}.beta"])  # TF batch norm has no scale
         out[f"{dst}.bn.bias"] = source[f"{src}.beta"].clone()
@@ -79,11 +81,26 @@ def pool3_network(state_dict: dict[str, torch.Tensor]) -> nn.Sequential:
     net = fid_inception_skeleton()
     net.load_state_dict(state_dict)
     return nn.Sequential(
-        net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
-        net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
-        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d,
-        net.Mixed_6e, net.Mixed_7a, net.Mixed_7b, net.Mixed_7c,
-        nn.AdaptiveAvgPool2d(output_size=(1, 1)), nn.Flatten(),
+        net.Conv2d_1a_3x3,
+        net.Conv2d_2a_3x3,
+        net.Conv2d_2b_3x3,
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        net.Conv2d_3b_1x1,
+        net.Conv2d_4a_3x3,
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        net.Mixed_5b,
+        net.Mixed_5c,
+        net.Mixed_5d,
+        net.Mixed_6a,
+        net.Mixed_6b,
+        net.Mixed_6c,
+        net.Mixed_6d,
+        net.Mixed_6e,
+        net.Mixed_7a,
+        net.Mixed_7b,
+        net.Mixed_7c,
+        nn.AdaptiveAvgPool2d(output_size=(1, 1)),
+        nn.Flatten(),
     ).eval()
 
 

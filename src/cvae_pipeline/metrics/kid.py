@@ -20,7 +20,9 @@ def polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(sum_xx + sum_yy - 2 * k_xy.mean())
 
 
-def kid(x: np.ndarray, y: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    x: np.ndarray, y: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """(mean, std) of the unbiased MMD^2 over ``subsets`` random subsets of both feature sets."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     size = min(subset_size, len(x), len(y))

@@ -17,15 +17,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..batches import BatchStream
 from ..models import BaseCVAE
-from ..training.batches import BatchStream
 
 DIMS = 3 * 32 * 32
 
 
 @torch.no_grad()
-def likelihood_metrics(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, iw_samples: int,
-                       batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0) -> dict:
+def likelihood_metrics(
+    model: BaseCVAE,
+    images: np.ndarray,
+    labels: np.ndarray,
+    iw_samples: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> dict:
     model = model.to(device).eval()
     torch.manual_seed(seed)
     elbo_sum = iw_sum = mse_sum = psnr_sum = 0.0

@@ -28,8 +28,7 @@ class FeatureSet:
 
     def save(self, path: Path) -> None:
         with atomic_file(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, features=self.features.astype(np.float32), labels=self.labels,
-                     classes=np.array(self.classes))
+            np.savez(f, features=self.features.astype(np.float32), labels=self.labels, classes=np.array(self.classes))
 
     @classmethod
     def load(cls, path: Path) -> FeatureSet:

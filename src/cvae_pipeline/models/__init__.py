@@ -25,7 +25,9 @@ def build_model(cfg, num_classes: int) -> BaseCVAE:
     flow = cfg.flow
     kwargs = dict(width=cfg.width, conditioning=cfg.conditioning)
     if flow.posterior != "none":  # the encoder emits a context as wide as z for the flow to read
-        kwargs["posterior_flow"] = PosteriorFlow(flow.posterior, flow.steps, cfg.latent_dim, cfg.latent_dim, flow.hidden)
+        kwargs["posterior_flow"] = PosteriorFlow(
+            flow.posterior, flow.steps, cfg.latent_dim, cfg.latent_dim, flow.hidden
+        )
     if cfg.prior == "flow":
         kwargs["prior"] = FlowPrior(cfg.latent_dim, num_classes, flow.prior_steps, flow.hidden)
     if cfg.backbone == "resnet":

@@ -23,13 +23,37 @@ def save_trained_model(path: Path, model: BaseCVAE, model_params: dict, classes:
 
 
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[BaseCVAE, list[str]]:
-    from ..config import ModelParams
+    from pydantic import ValidationError
+
+    from ..config import ModelParams, format_validation_error
     from . import build_model
 
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: trained model missing; run `dvc repro train` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(ModelParams(**saved["model_params"]), len(saved["classes"]))
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), saved["classes"]
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        classes, state, model_params = saved["classes"], saved["state_dict"], saved["model_params"]
+    except Exception as exc:  # truncated, garbled, not a torch file, or not ours: all mean "re-create it"
+        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"{path}: not a readable trained model ({type(exc).__name__}: {cause}); "
+            "re-create it with `dvc repro -f train`"
+        ) from None
+    try:
+        # every key comes from the file: the params it was trained with, never today's defaults
+        params = ModelParams.model_validate(model_params)
+    except ValidationError as exc:
+        problems = format_validation_error(exc, str(path)).replace("\n", "; ")
+        raise PipelineError(
+            f"{problems} (a model saved by another version; re-train it: `dvc repro -f train`)"
+        ) from None
+    model = build_model(params, len(classes))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PipelineError(
+            f"{path}: weights do not fit its model params ({str(exc).splitlines()[0][:160]}); "
+            "re-create it with `dvc repro -f train`"
+        ) from None
+    return model.to(device).eval(), classes

@@ -52,8 +52,9 @@ class Posterior(NamedTuple):
 class LatentSampler(Protocol):
     """Anything that draws latents for labels: the model's prior, or an ex-post density (``cvae_pipeline.expost``)."""
 
-    def sample(self, labels: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def sample(
+        self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,14 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 class BaseCVAE(nn.Module):
     """Class-conditional VAE: q(z|x,y) (optionally through a posterior flow), p(z|y), p(x|z,y)."""
 
-    def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood,
-                 posterior_flow: PosteriorFlow | None = None, prior: StandardNormalPrior | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        latent_dim: int,
+        likelihood: Likelihood,
+        posterior_flow: PosteriorFlow | None = None,
+        prior: StandardNormalPrior | None = None,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.latent_dim = latent_dim
@@ -124,8 +131,14 @@ class BaseCVAE(nn.Module):
             kl_per_dim, kl = None, log_q - self.prior.log_prob(z, y)
         return self.decode(z, y), kl, kl_per_dim
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
-             forward: torch.nn.Module | None = None) -> ELBOTerms:
+    def loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        forward: torch.nn.Module | None = None,
+    ) -> ELBOTerms:
         """ELBO terms for a batch; ``free_bits`` (nats per latent dim, batch-averaged as in
         Kingma et al. 2016) keeps the optimiser from collapsing dimensions early — per dimension
         with the analytic KL, on the total (latent_dim x free_bits) with a Monte-Carlo KL, which
@@ -156,8 +169,14 @@ class BaseCVAE(nn.Module):
         return torch.stack(out)
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-               latents: LatentSampler | None = None, decoder_output: str = "mean") -> torch.Tensor:
+    def sample(
+        self,
+        labels: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: LatentSampler | None = None,
+        decoder_output: str = "mean",
+    ) -> torch.Tensor:
         """Images in [0, 1] for the given class labels.
 
         z comes from the prior at ``temperature`` (its base distribution's std), or from

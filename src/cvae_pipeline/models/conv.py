@@ -18,8 +18,16 @@ from .likelihoods import Likelihood
 
 
 class ConvCVAE(BaseCVAE):
-    def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood, width: int = 64,
-                 conditioning: str = "film", embed_dim: int = 64, **latent):
+    def __init__(
+        self,
+        num_classes: int,
+        latent_dim: int,
+        likelihood: Likelihood,
+        width: int = 64,
+        conditioning: str = "film",
+        embed_dim: int = 64,
+        **latent,
+    ):
         super().__init__(num_classes, latent_dim, likelihood, **latent)
         self.conditioning = conditioning
         film = conditioning == "film"

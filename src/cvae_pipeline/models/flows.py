@@ -142,8 +142,13 @@ class AffineCoupling(nn.Module):
     def __init__(self, dim: int, cond_dim: int, hidden: int, mask: torch.Tensor):
         super().__init__()
         self.register_buffer("mask", mask.float())
-        self.net = nn.Sequential(nn.Linear(dim + cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, 2 * dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim + cond_dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 2 * dim),
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -171,8 +176,9 @@ class StandardNormalPrior(nn.Module):
     def log_prob(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return standard_normal_log_prob(z)
 
-    def sample(self, labels: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return torch.randn(len(labels), self.dim, generator=generator, device=labels.device) * temperature
 
 
@@ -187,7 +193,8 @@ class FlowPrior(StandardNormalPrior):
         self.embed = nn.Embedding(num_classes, embed_dim)
         half = torch.arange(dim) % 2
         self.couplings = nn.ModuleList(
-            AffineCoupling(dim, embed_dim, hidden, half if i % 2 == 0 else 1 - half) for i in range(steps))
+            AffineCoupling(dim, embed_dim, hidden, half if i % 2 == 0 else 1 - half) for i in range(steps)
+        )
 
     def to_base(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cond = self.embed(y)
@@ -201,8 +208,9 @@ class FlowPrior(StandardNormalPrior):
         u, log_det = self.to_base(z, y)
         return standard_normal_log_prob(u) + log_det
 
-    def sample(self, labels: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         u = super().sample(labels, temperature, generator)
         cond = self.embed(labels)
         for coupling in reversed(self.couplings):

@@ -145,8 +145,8 @@ class DiscretizedLogisticMixture(Likelihood):
         inv_scale = torch.exp(-log_scales)
         plus = inv_scale * (centred + 1 / 255)
         minus = inv_scale * (centred - 1 / 255)
-        log_cdf_plus = F.logsigmoid(plus)                  # the 0 bin: everything below its upper edge
-        log_one_minus_cdf_minus = -F.softplus(minus)       # the 255 bin: everything above its lower edge
+        log_cdf_plus = F.logsigmoid(plus)  # the 0 bin: everything below its upper edge
+        log_one_minus_cdf_minus = -F.softplus(minus)  # the 255 bin: everything above its lower edge
         cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
         mid = inv_scale * centred
         log_pdf_mid = mid - log_scales - 2 * F.softplus(mid)  # tiny bins: density x bin width
@@ -183,8 +183,9 @@ class DiscretizedLogisticMixture(Likelihood):
         return (torch.stack([r, g, bl], dim=1) + 1) / 2
 
 
-def build_likelihood(name: str, gaussian_variance: str = "learned", gaussian_std: float = 0.1,
-                     mixtures: int = 10) -> Likelihood:
+def build_likelihood(
+    name: str, gaussian_variance: str = "learned", gaussian_std: float = 0.1, mixtures: int = 10
+) -> Likelihood:
     if name == "bernoulli":
         return Bernoulli()
     if name == "gaussian":

@@ -19,8 +19,15 @@ from .likelihoods import Likelihood
 
 
 class MLPCVAE(BaseCVAE):
-    def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood, width: int = 128,
-                 conditioning: str = "concat", **latent):
+    def __init__(
+        self,
+        num_classes: int,
+        latent_dim: int,
+        likelihood: Likelihood,
+        width: int = 128,
+        conditioning: str = "concat",
+        **latent,
+    ):
         super().__init__(num_classes, latent_dim, likelihood, **latent)
         self.conditioning = conditioning
         concat = num_classes if conditioning == "concat" else 0

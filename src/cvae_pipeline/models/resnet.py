@@ -28,9 +28,18 @@ from .likelihoods import Likelihood
 
 
 class ResNetCVAE(BaseCVAE):
-    def __init__(self, num_classes: int, latent_dim: int, likelihood: Likelihood, width: int = 32,
-                 conditioning: str = "film", embed_dim: int = 64, blocks: int = 1,
-                 latent_resolution: int = 1, **latent):
+    def __init__(
+        self,
+        num_classes: int,
+        latent_dim: int,
+        likelihood: Likelihood,
+        width: int = 32,
+        conditioning: str = "film",
+        embed_dim: int = 64,
+        blocks: int = 1,
+        latent_resolution: int = 1,
+        **latent,
+    ):
         super().__init__(num_classes, latent_dim, likelihood, **latent)
         self.conditioning = conditioning
         film = conditioning == "film"
@@ -51,12 +60,15 @@ class ResNetCVAE(BaseCVAE):
         self.down2 = nn.Conv2d(c2, c3, 4, stride=2, padding=1)
         self.enc8 = nn.ModuleList(ResBlock(c3, cond) for _ in range(blocks))
         self.enc_norm = CondGroupNorm(c3, cond)
-        if r == 8:   # the latent map is read off the 8x8 features
+        if r == 8:  # the latent map is read off the 8x8 features
             self.enc_out = nn.Conv2d(c3 + extra, self.encoder_outputs // 64, 3, padding=1)
         else:
             self.down3 = nn.Conv2d(c3, c3, 4, stride=2, padding=1)
-            self.enc_out = (nn.Conv2d(c3 + extra, self.encoder_outputs // 16, 3, padding=1) if r == 4
-                            else nn.Linear(c3 * 16 + extra, self.encoder_outputs))
+            self.enc_out = (
+                nn.Conv2d(c3 + extra, self.encoder_outputs // 16, 3, padding=1)
+                if r == 4
+                else nn.Linear(c3 * 16 + extra, self.encoder_outputs)
+            )
         # decoder: (z) -> 4 -> 8 -> 16 -> 32, or a latent map entering at its own resolution
         if r == 1:
             self.dec_in = nn.Linear(latent_dim + extra, c3 * 16)

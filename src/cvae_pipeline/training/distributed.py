@@ -89,8 +89,10 @@ def device_for(ctx: Distributed, requested: torch.device) -> torch.device:
 
 def per_process_batch(batch_size: int, ctx: Distributed) -> int:
     if batch_size % ctx.world_size:
-        raise PipelineError(f"train.batch_size = {batch_size} is not divisible by the {ctx.world_size} "
-                            "torchrun processes; choose a multiple (it is the global batch)")
+        raise PipelineError(
+            f"train.batch_size = {batch_size} is not divisible by the {ctx.world_size} "
+            "torchrun processes; choose a multiple (it is the global batch)"
+        )
     return batch_size // ctx.world_size
 
 

@@ -18,16 +18,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from ..batches import BatchStream
 from ..config import TrainParams
 from ..data.prepared import PreparedSplit
 from ..errors import PipelineError
 from ..models import BaseCVAE
-from .batches import BatchStream
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed, per_process_batch
 from .schedules import kl_weight, lr_factor
 
 VALIDATION_SEED = 1234  # fixed noise for the validation ELBO, so epochs are comparable
+#: a per-image loss past this has diverged though finite: ~300,000 nats per 8-bit pixel-channel, far past
+#: any model of these images (a uniform one costs 5.5 nats per pixel-channel)
+DIVERGED_NATS = 1e9
 
 
 class TrainingError(PipelineError):
@@ -54,18 +57,36 @@ def ema_with_warmup(decay: float):
 
 
 class Trainer:
-    def __init__(self, model: BaseCVAE, cfg: TrainParams, device: torch.device, train: PreparedSplit,
-                 val: PreparedSplit, checkpoint_path: Path, fingerprint: str, dist: Distributed = Distributed()):
+    def __init__(
+        self,
+        model: BaseCVAE,
+        cfg: TrainParams,
+        device: torch.device,
+        train: PreparedSplit,
+        val: PreparedSplit,
+        checkpoint_path: Path,
+        fingerprint: str,
+        dist: Distributed | None = None,
+    ):
         self.model = model.to(device)
+        dist = dist or Distributed()
         self.dist = dist
         self.cfg = cfg
         self.device = device
         self.checkpoint_path = Path(checkpoint_path)
         self.fingerprint = fingerprint
         self.shuffle_rng = torch.Generator().manual_seed(cfg.seed)
-        self.train_batches = BatchStream(train.images, train.labels, per_process_batch(cfg.batch_size, dist), device,
-                                         True, self.shuffle_rng, rank=dist.rank, world_size=dist.world_size,
-                                         hflip=cfg.augment == "hflip")
+        self.train_batches = BatchStream(
+            train.images,
+            train.labels,
+            per_process_batch(cfg.batch_size, dist),
+            device,
+            True,
+            self.shuffle_rng,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            hflip=cfg.augment == "hflip",
+        )
         self.val_batches = BatchStream(val.images, val.labels, max(cfg.batch_size, 256), device, shuffle=False)
         steps_per_epoch = len(self.train_batches)
         self.total_steps = cfg.epochs * steps_per_epoch
@@ -82,12 +103,21 @@ class Trainer:
             else None
         )
         # under torchrun: DDP averages the gradients over processes in backward()
-        self.forward = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-                        if dist.enabled else None)
+        self.forward = (
+            DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if dist.enabled
+            else None
+        )
         self.epoch = 0  # epochs completed
         self.step = 0
         self.history: list[dict] = []
         self.extra: dict = {}  # saved with the checkpoint (e.g. the MLflow run id)
+
+    def kept_checkpoint(self) -> str:
+        """What a stop leaves behind, for its message: the checkpoint is this run's only once it saved one."""
+        if self.epoch == 0:
+            return "no checkpoint of this configuration was written, so nothing is kept"
+        return f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept"
 
     @property
     def eval_model(self) -> BaseCVAE:
@@ -134,12 +164,12 @@ class Trainer:
     def validate(self) -> dict:
         model = self.eval_model
         model.eval()
-        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+        totals = {"neg_elbo": 0.0, "nll": 0.0, "kl": 0.0}  # the plain bound (beta 1), comparable across runs
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(VALIDATION_SEED)
             for x, y in self.val_batches:
                 terms = model.loss(x, y)
-                totals["loss"] += terms.neg_elbo.item() * len(y)
+                totals["neg_elbo"] += terms.neg_elbo.item() * len(y)
                 totals["nll"] += terms.nll.item() * len(y)
                 totals["kl"] += terms.kl.item() * len(y)
         n = self.val_batches.num_images
@@ -151,16 +181,21 @@ class Trainer:
         sums = {"loss": 0.0, "neg_elbo": 0.0, "nll": 0.0, "kl": 0.0}
         seen = 0
         start = time.perf_counter()
-        bar = tqdm(self.train_batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
-                   leave=False, mininterval=1.0, disable=not self.dist.is_main)
+        bar = tqdm(
+            self.train_batches,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1.0,
+            disable=not self.dist.is_main,
+        )
         for x, y in bar:
             beta = kl_weight(self.step, self.kl_warmup_steps, cfg.beta)
             terms = self.model.loss(x, y, beta=beta, free_bits=cfg.free_bits, forward=self.forward)
             if self.dist.any(not torch.isfinite(terms.loss).item()):  # every process stops together
                 raise TrainingError(
                     f"non-finite loss ({terms.loss.item()}) at epoch {self.epoch + 1}, step {self.step}; "
-                    f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept. "
-                    "Fix: lower train.lr, set train.grad_clip, or raise model.gaussian_std"
+                    f"{self.kept_checkpoint()}. Fix: lower train.lr, set train.grad_clip, or raise model.gaussian_std"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
@@ -182,7 +217,7 @@ class Trainer:
         *totals, seen = self.dist.all_reduce_sum([sums["loss"], sums["neg_elbo"], sums["nll"], sums["kl"], float(seen)])
         sums = dict(zip(sums, totals))
         return {
-            "train_loss": sums["loss"] / seen,
+            "train_objective": sums["loss"] / seen,
             "train_neg_elbo": sums["neg_elbo"] / seen,
             "train_nll": sums["nll"] / seen,
             "train_kl": sums["kl"] / seen,
@@ -197,10 +232,16 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             record.update(self.validate())
-            if not math.isfinite(record["val_loss"]):
+            if not math.isfinite(record["val_neg_elbo"]):
                 raise TrainingError(
-                    f"non-finite validation ELBO at epoch {record['epoch']}; last good checkpoint kept "
-                    f"({self.checkpoint_path}). Fix: lower train.lr or set train.grad_clip"
+                    f"non-finite validation ELBO at epoch {record['epoch']}; {self.kept_checkpoint()}. "
+                    "Fix: lower train.lr or set train.grad_clip"
+                )
+            worst = max(abs(record["train_objective"]), abs(record["val_neg_elbo"]))
+            if worst > DIVERGED_NATS:
+                raise TrainingError(
+                    f"training diverged at epoch {record['epoch']}: a loss of {worst:.3g} nats/image (finite, but past "
+                    f"{DIVERGED_NATS:.0e}); {self.kept_checkpoint()}. Fix: lower train.lr or set train.grad_clip"
                 )
             self.epoch += 1
             self.history.append(record)
@@ -210,9 +251,9 @@ class Trainer:
             if not self.dist.is_main:
                 continue
             print(
-                f"epoch {record['epoch']}/{self.cfg.epochs}  train loss {record['train_loss']:.1f} "
+                f"epoch {record['epoch']}/{self.cfg.epochs}  train objective {record['train_objective']:.1f} "
                 f"(-elbo {record['train_neg_elbo']:.1f}: nll {record['train_nll']:.1f} + kl {record['train_kl']:.1f})  "
-                f"val -elbo {record['val_loss']:.1f}  lr {record['lr']:.2e}  beta {record['beta']:.2f}  "
+                f"val -elbo {record['val_neg_elbo']:.1f}  lr {record['lr']:.2e}  beta {record['beta']:.2f}  "
                 f"{record['epoch_seconds']:.1f}s  {record['images_per_second']:.0f} img/s",
                 flush=True,
             )

@@ -8,25 +8,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..io import atomic_file, write_json_atomic
+from ..io import atomic_file, save_png, write_json_atomic
 from ..models import BaseCVAE
 from ..sampling import generate, grid_of
 
 GRID_SEED = 0  # the same latent draws every epoch, so grids show the model changing, not the noise
 
 
-def sample_grid(model: BaseCVAE, num_classes: int, per_class: int = 10, seed: int = GRID_SEED,
-                temperature: float = 1.0) -> Image.Image:
+def sample_grid(
+    model: BaseCVAE, num_classes: int, per_class: int = 10, seed: int = GRID_SEED, temperature: float = 1.0
+) -> Image.Image:
     """One row per class, ``per_class`` samples each, as an RGB image."""
     was_training = model.training
     images, labels = generate(model, num_classes, per_class, temperature, seed, progress=False)
     model.train(was_training)
     return grid_of(images, labels, num_classes, per_row=per_class)
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    with atomic_file(path) as tmp:
-        image.save(tmp, format="PNG")
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -41,7 +37,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
 def final_metrics(history: list[dict]) -> dict:
     last = history[-1]
-    keep = ("train_loss", "train_neg_elbo", "train_nll", "train_kl", "val_loss", "val_nll", "val_kl")
+    keep = ("train_objective", "train_neg_elbo", "train_nll", "train_kl", "val_neg_elbo", "val_nll", "val_kl")
     return {
         "epochs": last["epoch"],
         **{k: round(float(last[k]), 4) for k in keep},
@@ -53,8 +49,16 @@ def final_metrics(history: list[dict]) -> dict:
 class EpochReporter:
     """Called after every epoch: MLflow metrics (step = epoch), grids every N epochs, DVC files."""
 
-    def __init__(self, num_classes: int, history_path: Path, grid_path: Path, sample_every: int,
-                 total_epochs: int, history: list[dict] | None = None, track: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        history_path: Path,
+        grid_path: Path,
+        sample_every: int,
+        total_epochs: int,
+        history: list[dict] | None = None,
+        track: bool = True,
+    ):
         self.num_classes = num_classes
         self.history_path = history_path
         self.grid_path = grid_path

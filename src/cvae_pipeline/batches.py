@@ -23,9 +23,18 @@ import torch
 class BatchStream:
     """Iterate ``(x float [B,3,32,32] in [0,1], y int64 [B])`` over one epoch."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
-                 shuffle: bool = True, generator: torch.Generator | None = None, rank: int = 0,
-                 world_size: int = 1, hflip: bool = False):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        hflip: bool = False,
+    ):
         self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # memmap -> RAM
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.batch_size = batch_size

@@ -1,0 +1,32 @@
+"""Where every stage reads and writes, relative to the workspace (the repository root, or the copy
+``dvc exp run --queue`` runs in). ``dvc.yaml`` names the same paths as deps and outs; a test keeps
+the two in step, so a path is changed here and in ``dvc.yaml`` together, nowhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+SOURCE_RECORD = RAW_DIR / ".source.json"  # which of data.sources was used, pinned by which checksum
+PREPARED_DIR = Path("data/prepared")
+DATA_FACTS = Path("reports/data.json")
+
+FID_REFERENCE_DIR = Path("data/fid_reference")
+
+MODEL_FILE = Path("models/model.pt")
+# the resume file: deliberately no DVC output (see dvc.yaml)
+CHECKPOINT = Path("models/checkpoints/last.pt")
+# the MLflow run the model was trained in, kept in git so an applied experiment's later stages log beside it
+TRAIN_RUN_FILE = Path("models/mlflow_run.json")
+TRAIN_REPORTS = Path("reports/train")
+TRAIN_HISTORY = TRAIN_REPORTS / "history.csv"
+TRAIN_GRID = TRAIN_REPORTS / "samples.png"
+TRAIN_METRICS = TRAIN_REPORTS / "metrics.json"
+
+SAMPLES_DIR = Path("data/samples")
+SAMPLES_GRID = Path("reports/samples/grid.png")
+
+EVAL_DIR = Path("data/eval")
+SAMPLE_FEATURES = EVAL_DIR / "sample_features.npz"
+METRICS = Path("reports/metrics.json")
+PER_CLASS_PLOT = Path("reports/per_class.csv")

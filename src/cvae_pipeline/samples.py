@@ -1,0 +1,74 @@
+"""The generated set on disk (``data/samples/``): what ``sample`` writes and ``evaluate`` scores.
+
+uint8 images and int64 labels as ``.npy`` (the prepared data's format), the class names, what the
+images are (``sampling.json``: latents from where, decoder mean or draw, temperature), and beside
+them the files that say how to reproduce and serve them: the fitted latent GMM, the MLflow run they
+were logged to and the logged generator that ships that GMM (what ``evaluate`` registers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PipelineError
+
+IMAGES_FILE = "images.npy"
+LABELS_FILE = "labels.npy"
+CLASSES_FILE = "classes.json"
+SAMPLING_FILE = "sampling.json"
+GMM_FILE = "latent_gmm.npz"
+GENERATOR_FILE = "generator.json"  # {"model_uri": ...}: the logged generator, what evaluate registers
+RUN_FILE = "mlflow_run.json"  # the run ``sample`` logged to; ``evaluate`` logs there too
+
+
+@dataclass
+class SampleSet:
+    images: np.ndarray  # uint8 [N, 3, 32, 32]
+    labels: np.ndarray  # int64 [N]
+    classes: list[str]
+    sampling: dict = field(default_factory=dict)  # {"latents": ..., "images": ..., "temperature": ...}
+
+    def save(self, directory: Path) -> None:
+        """Into an existing directory (the stage writes it inside ``io.atomic_directory``)."""
+        directory = Path(directory)
+        np.save(directory / IMAGES_FILE, self.images)
+        np.save(directory / LABELS_FILE, self.labels)
+        (directory / CLASSES_FILE).write_text(json.dumps(self.classes) + "\n")
+        (directory / SAMPLING_FILE).write_text(json.dumps(self.sampling) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> SampleSet:
+        directory = Path(directory)
+        missing = [name for name in (IMAGES_FILE, LABELS_FILE, CLASSES_FILE) if not (directory / name).is_file()]
+        if missing:
+            raise PipelineError(f"{directory}: no sample set ({', '.join(missing)} missing); run `dvc repro sample`")
+        try:
+            images = np.load(directory / IMAGES_FILE)
+            labels = np.load(directory / LABELS_FILE)
+            classes = json.loads((directory / CLASSES_FILE).read_text())
+            sampling_file = directory / SAMPLING_FILE
+            sampling = json.loads(sampling_file.read_text()) if sampling_file.is_file() else {}
+        except (OSError, ValueError) as exc:
+            raise PipelineError(
+                f"{directory}: unreadable sample set ({exc}); re-create it with `dvc repro -f sample`"
+            ) from None
+        if (
+            images.dtype != np.uint8
+            or images.ndim != 4
+            or images.shape[1:] != (3, 32, 32)
+            or len(labels) != len(images)
+        ):
+            raise PipelineError(
+                f"{directory}: images {images.dtype}{list(images.shape)} with {len(labels)} labels are not a sample "
+                "set (uint8 [N,3,32,32]); re-create it with `dvc repro -f sample`"
+            )
+        return cls(images, labels.astype(np.int64), list(classes), sampling)
+
+    @staticmethod
+    def generator_uri(directory: Path) -> str | None:
+        path = Path(directory) / GENERATOR_FILE
+        return json.loads(path.read_text())["model_uri"] if path.is_file() else None

@@ -1,0 +1,40 @@
+"""The run file a stage leaves for the next: which MLflow run it logged to.
+
+``train`` writes ``models/mlflow_run.json`` (kept in git, so an applied experiment's later stages
+log beside the run it trained in); ``sample`` writes ``data/samples/mlflow_run.json`` for
+``evaluate``. It holds ids only, never the tracking URI: a tracked file must not carry a machine's
+path, and the store is whatever this machine's ``MLFLOW_TRACKING_URI`` (or its local SQLite file)
+says. A run id this store does not know — a clone that pulled the model from a DVC remote, but
+not the git-ignored ``mlflow.db`` — is handled by :func:`.runs.recorded_run`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import PipelineError
+from ..io import write_json_atomic
+from ..paths import TRAIN_RUN_FILE
+
+SAMPLES_RUN_FILE_NAME = "mlflow_run.json"
+
+
+def write_run_file(
+    run_id: str | None, experiment_id: str | None, model_uri: str | None = None, path: Path = TRAIN_RUN_FILE
+) -> None:
+    """``run_id`` None: the stage ran untracked (``mlflow.required: false`` and no store)."""
+    write_json_atomic(path, {"run_id": run_id, "experiment_id": experiment_id, "model_uri": model_uri})
+
+
+def read_run_file(path: Path = TRAIN_RUN_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run `dvc repro train` first")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc}); re-create it with `dvc repro -f train`") from None
+    if not isinstance(info, dict) or "run_id" not in info:
+        raise PipelineError(f"{path}: names no MLflow run; re-create it with `dvc repro -f train`")
+    return info

@@ -1,0 +1,95 @@
+"""The ``train`` stage's work: build the model, resume or start its checkpoint and its MLflow run,
+train, and write the model, the DVC reports and the logged generator."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+
+from .. import paths, tracking
+from ..config import PipelineParams
+from ..data.prepared import load_prepared
+from ..data.sources import file_checksum
+from ..errors import PipelineError
+from ..io import save_png
+from ..models import build_model
+from ..models.artifact import save_trained_model
+from ..runtime import resolve_device
+from . import distributed
+from .checkpoint import code_fingerprint, fingerprint
+from .loop import Trainer
+from .reporting import EpochReporter, sample_grid, write_final_metrics, write_history
+
+
+def train_process(params: PipelineParams, params_file: Path, dist: distributed.Distributed) -> None:
+    """One training process: all of it when alone, one replica (rank 0 writing) under torchrun."""
+    cfg = params.train
+    device = distributed.device_for(dist, resolve_device(cfg.device, "train.device"))
+
+    train, val = load_prepared(paths.PREPARED_DIR, "train"), load_prepared(paths.PREPARED_DIR, "val")
+    torch.manual_seed(cfg.seed)
+    model = build_model(params.model, len(train.classes))
+    run_fingerprint = fingerprint(
+        params.model.model_dump(),
+        cfg.model_dump(exclude={"device", "num_threads", "sample_every"}),
+        file_checksum(paths.PREPARED_DIR / "manifest.json", "sha256"),
+        code_fingerprint("models", "training"),
+    )
+    trainer = Trainer(model, cfg, device, train, val, paths.CHECKPOINT, run_fingerprint, dist)
+    if trainer.try_resume() and dist.is_main:
+        print(f"resuming from {paths.CHECKPOINT} after epoch {trainer.epoch}/{cfg.epochs}")
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + 1000 * dist.rank)  # different latent noise per replica
+        if not dist.is_main:
+            trainer.fit()  # a replica: trains in step with rank 0, writes nothing
+            if not dist.replicas_in_sync(trainer.model):
+                raise PipelineError(f"process {dist.rank}: weights differ from the other processes")
+            return
+    print(
+        f"{params.model.backbone} CVAE, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(train)} train / {len(val)} val images, device {device}"
+        + (f", {dist.world_size} processes (torchrun)" if dist.enabled else "")
+    )
+
+    import mlflow
+
+    from ..serving import log_generator
+
+    run = tracking.runs.start_training_run(trainer.extra, trainer.history, params, params_file)
+    with run if run is not None else contextlib.nullcontext():
+        reporter = EpochReporter(
+            len(train.classes),
+            paths.TRAIN_HISTORY,
+            paths.TRAIN_GRID,
+            cfg.sample_every,
+            cfg.epochs,
+            history=trainer.history,
+            track=run is not None,
+        )
+        epochs_before = trainer.epoch
+        history = trainer.fit(on_epoch_end=reporter)
+        if not dist.replicas_in_sync(trainer.model):
+            raise PipelineError("the torchrun processes ended with different weights; the model is not saved")
+        final_model = copy.deepcopy(trainer.eval_model).cpu().eval()
+        if trainer.epoch == epochs_before:  # a finished run "resumed": no epoch wrote the DVC plots
+            write_history(history, paths.TRAIN_HISTORY)
+            grid = sample_grid(final_model, len(train.classes))
+            save_png(grid, paths.TRAIN_GRID)
+            if run is not None:
+                mlflow.log_image(grid, artifact_file=f"samples/epoch_{trainer.epoch:04d}.png")
+        save_trained_model(paths.MODEL_FILE, final_model, params.model.model_dump(), train.classes)
+        metrics = write_final_metrics(history, paths.TRAIN_METRICS)
+        if run is not None:
+            mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+            model_info = log_generator(paths.MODEL_FILE, train.classes)
+            tracking.write_run_file(run.info.run_id, run.info.experiment_id, model_info.model_uri)
+        else:
+            tracking.write_run_file(None, None)
+    where = f"MLflow run {run.info.run_id}" if run is not None else "not tracked"
+    print(
+        f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s; "
+        f"validation -ELBO {metrics['val_neg_elbo']:.1f} nats/image; {where}"
+    )

@@ -1,0 +1,122 @@
+"""``dvc.yaml`` against the code: each stage depends on every project module it imports, names the
+paths ``paths.py`` names, and runs its own checkout's ``src/``."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, clean_env
+
+from cvae_pipeline import paths
+
+SRC = REPO / "src"
+PACKAGE = SRC / "cvae_pipeline"
+
+
+def pipeline() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    """The file of project module ``cvae_pipeline.x.y`` (a package's ``__init__.py``), or None."""
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Project modules ``path`` imports anywhere (also inside functions), resolved to dotted names."""
+    tree = ast.parse(path.read_text())
+    here = None
+    if path.is_relative_to(SRC):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        here = parts[:-1] if path.name != "__init__.py" else parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("cvae_pipeline"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                assert here is not None, path
+                base = ".".join(here[: len(here) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if not module.startswith("cvae_pipeline"):
+                continue
+            found.add(module)
+            for alias in node.names:  # `from . import build_model` or `from .. import paths`
+                if module_file(f"{module}.{alias.name}") is not None:
+                    found.add(f"{module}.{alias.name}")
+    closed: set[str] = set()
+    for name in found:  # importing a.b.c runs a/__init__.py and a/b/__init__.py too
+        parts = name.split(".")
+        closed.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return closed
+
+
+def project_files_of(script: Path) -> set[Path]:
+    """Every project source file a stage script loads, transitively."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        current = todo.pop()
+        for name in imported_modules(current):
+            file = module_file(name)
+            if file is not None and file not in seen:
+                seen.add(file)
+                todo.append(file)
+    return seen
+
+
+def covered(file: Path, deps: list[str]) -> bool:
+    relative = file.relative_to(REPO).as_posix()
+    return any(relative == dep or relative.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("stage", list(pipeline()))
+def test_each_stage_depends_on_the_code_it_runs(stage: str):
+    """An edit to any module a stage imports must re-run it (its deps list the module or its folder)."""
+    spec = pipeline()[stage]
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]]
+    script = REPO / "stages" / f"{stage}.py"
+    assert f"stages/{stage}.py" in deps
+    missing = sorted(f.relative_to(REPO).as_posix() for f in project_files_of(script) if not covered(f, deps))
+    assert not missing, f"dvc.yaml stage {stage} imports code it does not depend on: {missing}"
+
+
+def test_stage_outputs_are_the_paths_module_paths():
+    """dvc.yaml and paths.py name the same outputs: a path changed in one place only is caught."""
+    outs = set()
+    for spec in pipeline().values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in spec.get(kind, []):
+                outs.add(entry if isinstance(entry, str) else next(iter(entry)))
+    named = {value.as_posix() for value in vars(paths).values() if isinstance(value, Path)}
+    # every output is a path of paths.py, and every path of paths.py that is an output is listed
+    assert outs <= named, f"outputs not in paths.py: {sorted(outs - named)}"
+
+
+def test_every_stage_runs_its_own_checkouts_code(tmp_path: Path):
+    """A queued experiment runs in a copy of the repository: each stage command must import that copy's
+    ``src/``, not the editable install's (the workspace as it is when the stage starts)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    marker = copy / "src" / "cvae_pipeline" / "__init__.py"
+    marker.write_text(marker.read_text() + '\nimport sys\nprint("loaded the copy", file=sys.stderr)\n')
+    env = clean_env(PATH=f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for stage, spec in pipeline().items():
+        result = subprocess.run(
+            f"{spec['cmd']} --help", shell=True, cwd=copy, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert "loaded the copy" in result.stderr, f"stage {stage} ran the editable install's code: {spec['cmd']}"
