@@ -76,14 +76,19 @@ def test_truncated_archive_leaves_nothing(tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
-def test_stale_target_does_not_survive_a_failed_extraction(tmp_path):
+def test_a_failed_extraction_leaves_the_previous_output_as_it_was(tmp_path):
+    """The previous, complete data/raw (the one dvc.lock records) is neither deleted first nor left
+    half-replaced: a failure costs nothing that was there."""
     target = tmp_path / "out" / "raw"
     (target / "train" / "old").mkdir(parents=True)
-    not_tar = tmp_path / "notes.tar.gz"
-    not_tar.write_bytes(b"this is not an archive at all")
-    with pytest.raises(ArchiveError, match="not a tar archive"):
-        extract_atomically(not_tar, target)
-    assert leftovers(tmp_path / "out") == []
+    (target / "train" / "old" / "0000.jpg").write_bytes(b"old image")
+    for bad in (b"this is not an archive at all", make_image_folder_archive(tmp_path / "x.tar.gz").read_bytes()[:900]):
+        archive = tmp_path / "bad.tar.gz"
+        archive.write_bytes(bad)
+        with pytest.raises(ArchiveError, match=str(archive)):
+            extract_atomically(archive, target, validate=detect_layout)
+        assert (target / "train" / "old" / "0000.jpg").read_bytes() == b"old image"
+        assert leftovers(tmp_path / "out") == ["raw"]
 
 
 def test_unknown_layout_is_refused_and_leaves_nothing(tmp_path):
@@ -94,6 +99,32 @@ def test_unknown_layout_is_refused_and_leaves_nothing(tmp_path):
         import io
 
         tar.addfile(member, io.BytesIO(b"hi"))
-    with pytest.raises(ArchiveError, match="unknown dataset layout"):
+    with pytest.raises(ArchiveError, match="unknown dataset layout") as info:
         extract_atomically(archive, tmp_path / "out" / "raw", validate=detect_layout)
+    assert str(info.value).startswith(f"{archive}: unknown dataset layout")  # the archive, not a deleted temp folder
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_damaged_archive_whose_damage_decompresses_cleanly_is_refused(tmp_path):
+    """A corrupted copy whose own sha256 a user pinned: deflate decodes the damaged bytes without error
+    and tar's headers are intact, so only the gzip CRC at the end of the stream can tell."""
+    import gzip
+    import io
+
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tar:
+        make = make_image_folder_archive(tmp_path / "src.tar.gz", 2, 1)
+        with tarfile.open(make) as source:
+            for member in source.getmembers():
+                tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+    raw = bytearray(plain.getvalue())
+    first_jpeg = raw.index(b"\xff\xd8\xff")  # inside the first image's data, not a header
+    raw[first_jpeg + 100] ^= 0xFF
+    damaged = tmp_path / "damaged.tar.gz"
+    good_crc = gzip.compress(bytes(plain.getvalue()), compresslevel=0)
+    stored = bytearray(gzip.compress(bytes(raw), compresslevel=0))
+    stored[-8:-4] = good_crc[-8:-4]  # the CRC of the undamaged data: what the copy was made from
+    damaged.write_bytes(stored)
+    with pytest.raises(ArchiveError, match="truncated or corrupt archive"):
+        extract_atomically(damaged, tmp_path / "out" / "raw", validate=detect_layout)
     assert leftovers(tmp_path / "out") == []

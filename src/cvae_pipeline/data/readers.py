@@ -173,6 +173,8 @@ def read_python_batches(root: Path) -> DecodedDataset:
 
 def read_dataset(root: Path) -> DecodedDataset:
     """Detect the layout under ``root`` and decode both splits."""
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: missing; run `dvc repro download` first")
     layout = detect_layout(root)
     reader = read_image_folders if layout.kind == "image-folders" else read_python_batches
     dataset = reader(layout.root)

@@ -1,0 +1,286 @@
+"""Defects a review found by trying bad input by hand: each stays fixed.
+
+Stage scripts run as DVC runs them (a subprocess in a workspace), so "one line" means the whole of
+what a user sees on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, make_prepared, run_stage, train_workspace
+
+from cvae_pipeline import io as atomic_io
+from cvae_pipeline.errors import ConfigError, PipelineError
+from cvae_pipeline.samples import SampleSet
+
+TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
+
+
+def params_workspace(root: Path, **sections) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in sections.items():
+        params[name].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# --- atomic outputs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "rename-aside"])
+@pytest.mark.parametrize("dies_in", ["os.replace", "shutil.rmtree"])
+def test_replacing_a_directory_leaves_old_or_new_whenever_it_stops(tmp_path, monkeypatch, exchange, dies_in):
+    """A kill between "delete the old output" and "rename the new one into place" used to leave neither;
+    here the process dies at the first rename or deletion that touches an output (never a
+    temporary folder's own clean-up)."""
+    target = tmp_path / "out"
+    with atomic_io.atomic_directory(target) as tmp:
+        (tmp / "old").write_text("old")
+    if not exchange:
+        monkeypatch.setattr(atomic_io, "_exchange", lambda a, b: False)
+    module_name, name = dies_in.split(".")
+    module = {"os": os, "shutil": shutil}[module_name]
+    real = getattr(module, name)
+
+    def dies(path, *args, **kwargs):
+        if Path(path) in (target, tmp_path / ".out.old") or Path(args[0] if args else "") == target:
+            raise KeyboardInterrupt  # the process is gone here
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies)
+    try:
+        with atomic_io.atomic_directory(target) as tmp:
+            (tmp / "new").write_text("new")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(module, name, real)
+    atomic_io.recover_directory(target)  # what the next write of this output does first
+    assert sorted(p.name for p in target.iterdir()) in (["old"], ["new"])
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("key", ["evaluate.device", "train.device", "--device"])
+def test_device_error_names_the_setting_that_asked(key):
+    from cvae_pipeline.runtime import resolve_device
+
+    with pytest.raises(ConfigError, match=rf"^{key} = 'cuda' but no CUDA device"):
+        resolve_device("cuda", key)
+
+
+# --- stages: inputs checked first, one line each --------------------------------------------------
+
+
+def test_prepare_without_raw_data_is_one_line(tmp_path):
+    ws = params_workspace(tmp_path / "ws")
+    line = one_line_error(run_stage("prepare", ws))
+    assert "data/raw" in line and "dvc repro" in line
+
+
+def test_evaluate_without_samples_is_one_line(tmp_path):
+    ws = params_workspace(tmp_path / "ws")
+    line = one_line_error(run_stage("evaluate", ws))
+    assert (
+        line
+        == "error: data/samples: no sample set (images.npy, labels.npy, classes.json missing); run `dvc repro sample`"
+    )
+
+
+def test_evaluate_without_reference_fails_before_the_inception_pass(tmp_path):
+    ws = params_workspace(tmp_path / "ws")
+    (ws / "data" / "samples").mkdir(parents=True)
+    images = np.zeros((20, 3, 32, 32), np.uint8)
+    SampleSet(images, np.arange(20) % 10, [f"c{i}" for i in range(10)]).save(ws / "data" / "samples")
+    start = time.monotonic()
+    result = run_stage("evaluate", ws)
+    line = one_line_error(result)
+    assert "data/fid_reference/features.npz: missing" in line
+    assert "inception" not in result.stdout + result.stderr and time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "empty"])
+def test_sample_with_a_damaged_model_is_one_line(tmp_path, damage):
+    ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
+    assert run_stage("train", ws).returncode == 0
+    model = ws / "models" / "model.pt"
+    data = model.read_bytes()
+    model.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbled": data[:100] + bytes(len(data) - 100), "empty": b""}[damage]
+    )
+    line = one_line_error(run_stage("sample", ws))
+    assert line.startswith("error: models/model.pt: not a readable trained model") and "dvc repro -f train" in line
+
+
+def test_a_model_file_missing_a_param_names_it_instead_of_using_todays_default(tmp_path):
+    from conftest import model_params
+
+    from cvae_pipeline.models import build_model
+    from cvae_pipeline.models.artifact import load_trained_model, save_trained_model
+
+    params = model_params(**TINY_MODEL)
+    saved = params.model_dump()
+    del saved["gaussian_std"]
+    save_trained_model(tmp_path / "model.pt", build_model(params, 10), saved, [f"c{i}" for i in range(10)])
+    with pytest.raises(PipelineError, match="missing key 'gaussian_std'.*re-train it"):
+        load_trained_model(tmp_path / "model.pt")
+
+
+def test_errors_are_not_preceded_by_mlflow_warnings(tmp_path):
+    """MLflow warned at import that the generator's predict has no type hints, before every error."""
+    ws = params_workspace(tmp_path / "ws")
+    for stage in ("train", "sample", "evaluate"):
+        one_line_error(run_stage(stage, ws))
+
+
+# --- training stops ----------------------------------------------------------------------------------
+
+
+def make_trainer(tmp_path: Path, **train):
+    from conftest import model_params, train_params
+
+    from cvae_pipeline.data.prepared import load_prepared
+    from cvae_pipeline.models import build_model
+    from cvae_pipeline.training.loop import Trainer
+
+    prepared = make_prepared(tmp_path / "prepared", 4, 2, 1)
+    cfg = train_params(**{"epochs": 2, "batch_size": 16, **train})
+    torch.manual_seed(0)
+    model = build_model(model_params(**TINY_MODEL), 10)
+    return Trainer(
+        model,
+        cfg,
+        torch.device("cpu"),
+        load_prepared(prepared, "train"),
+        load_prepared(prepared, "val"),
+        tmp_path / "ckpt.pt",
+        fingerprint="this configuration",
+    )
+
+
+def test_nan_stop_before_any_checkpoint_does_not_claim_another_configurations_file(tmp_path):
+    from cvae_pipeline.training.checkpoint import save_checkpoint
+    from cvae_pipeline.training.loop import TrainingError
+
+    trainer = make_trainer(tmp_path)
+    save_checkpoint(trainer.checkpoint_path, {"fingerprint": "another configuration"})
+    assert not trainer.try_resume()
+    original = trainer.model.loss
+
+    def nan_loss(x, y, **kw):
+        terms = original(x, y, **kw)
+        terms.loss = terms.loss * float("nan")
+        return terms
+
+    trainer.model.loss = nan_loss
+    with pytest.raises(TrainingError) as info:
+        trainer.fit()
+    assert "no checkpoint of this configuration was written" in str(info.value)
+    assert "is kept" not in str(info.value).replace("nothing is kept", "")
+
+
+def test_a_finite_but_diverged_loss_stops_training(tmp_path):
+    from cvae_pipeline.training.loop import TrainingError
+
+    trainer = make_trainer(tmp_path)
+    original = trainer.model.loss
+
+    def exploding(x, y, **kw):
+        terms = original(x, y, **kw)
+        terms.loss = terms.loss * 1e21  # finite: the NaN check passes it
+        terms.nll = terms.nll * 1e21
+        return terms
+
+    trainer.model.loss = exploding
+    with pytest.raises(TrainingError, match=r"training diverged at epoch 1: a loss of .*e\+2\d nats/image"):
+        trainer.fit()
+    assert not trainer.checkpoint_path.exists()
+
+
+def test_history_names_the_weighted_objective_and_the_plain_bound_apart(tmp_path):
+    trainer = make_trainer(tmp_path, beta=0.25, kl_warmup_epochs=0)
+    (record, *_) = trainer.fit()
+    assert {"train_objective", "train_neg_elbo", "val_neg_elbo"} <= set(record) and "val_loss" not in record
+    assert record["train_objective"] == pytest.approx(record["train_nll"] + 0.25 * record["train_kl"], rel=1e-4)
+    assert record["val_neg_elbo"] == pytest.approx(record["val_nll"] + record["val_kl"], rel=1e-4)
+
+
+# --- tracking ---------------------------------------------------------------------------------------
+
+
+def test_resuming_an_untracked_finished_checkpoint_logs_its_history(tmp_path):
+    """Trained while the store was unreachable (mlflow.required false), re-run once it is back: the new
+    run gets the epochs' metrics and a grid, not only the final_* figures."""
+    import mlflow
+    from conftest import free_port
+
+    ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 2, "batch_size": 64})
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["mlflow"]["required"] = False
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    untracked = run_stage("train", ws, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert untracked.returncode == 0, untracked.stderr
+    back = run_stage("train", ws)
+    assert back.returncode == 0, back.stderr
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    run_id = json.loads((ws / "models" / "mlflow_run.json").read_text())["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "val_neg_elbo")] == [1, 2]
+    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0002.png"}
+
+
+def test_run_file_holds_no_machine_path(tmp_path):
+    ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
+    assert run_stage("train", ws).returncode == 0
+    text = (ws / "models" / "mlflow_run.json").read_text()
+    assert str(tmp_path) not in text and set(json.loads(text)) == {"run_id", "experiment_id", "model_uri"}
+
+
+def test_no_tracked_file_holds_an_absolute_path_of_a_machine():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    offenders = []
+    for name in files.decode().split("\0"):
+        path = REPO / name
+        if not name or not path.is_file() or path.suffix in (".png", ".jpg", ".gz"):
+            continue
+        text = path.read_text(errors="ignore")
+        for pattern in (str(REPO), "/root/", "/home/", "/work/", "/tmp/pytest", "file:///"):
+            if pattern in text:
+                offenders.append(f"{name}: {pattern}")
+    assert not offenders, offenders
+
+
+def test_unsupported_tracking_scheme_is_named_as_such(monkeypatch):
+    from cvae_pipeline.tracking import TrackingError, configure_store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://example.invalid/runs")
+    with pytest.raises(TrackingError, match=r"uses the scheme 'ftp', which MLflow cannot track runs in") as info:
+        configure_store()
+    assert "not reachable" not in str(info.value)
+
+
+def test_a_long_cause_is_cut_at_a_word_not_mid_word():
+    from cvae_pipeline.tracking.store import shorten
+
+    text = "connection refused " * 30
+    cut = shorten(text, 50)
+    assert cut.endswith(" …") and cut[:-2] == cut[:-2].rstrip() and cut.split()[-2] in ("connection", "refused")
