@@ -212,6 +212,7 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     assert any(v.run_id == cooler.info.run_id for v in versions)  # the re-sampled generator, registered
 
     # "is it the decoder or the latents?": the reconstructions' FID, an evaluate-only change
+    versions_before = len(versions)
     out = sh("dvc", "exp", "run", "-n", "decoder-floor", "-S", "evaluate.reconstruction_fid=true", cwd=dvc_repo)
     assert "Running stage 'sample'" not in out and "Running stage 'evaluate'" in out
     assert "reconstruction FID" in out
@@ -222,6 +223,11 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     assert floor.data.tags["trained_in_run"] == trained.info.run_id and floor.data.params["sample.temperature"] == "0.5"
     assert floor.data.metrics["fid"] == pytest.approx(cooler.data.metrics["fid"])  # same samples, same FID
     assert floor.data.metrics["reconstruction_fid"] == pytest.approx(metrics["reconstruction_fid"])
+    # the same generator was re-evaluated: its version is updated, no second version is registered
+    versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
+    assert len(versions) == versions_before
+    (rescored,) = [v for v in versions if v.run_id == cooler.info.run_id]
+    assert rescored.tags["evaluated_in_run"] == floor.info.run_id
     first = mlflow_client(dvc_repo).get_run(cooler.info.run_id).data
     assert first.tags["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in first.metrics
 
@@ -272,8 +278,13 @@ def test_report_and_compare_show_the_runs_side_by_side(dvc_repo: Path):
         assert side.width > 2 * grid.width and side.height > grid.height
 
 
-def test_dvc_remote_push_then_pull_restores_data_and_model(dvc_repo: Path, tmp_path: Path):
-    sh("dvc", "remote", "add", "-f", "-d", "storage", str(tmp_path / "remote"), cwd=dvc_repo)
+def tmp_path_factory_remote(repo: Path) -> Path:
+    """The DVC remote of these tests: beside the repository, so a second clone can reach it too."""
+    return repo.parent / "remote"
+
+
+def test_dvc_remote_push_then_pull_restores_data_and_model(dvc_repo: Path):
+    sh("dvc", "remote", "add", "-f", "-d", "storage", str(tmp_path_factory_remote(dvc_repo)), cwd=dvc_repo)
     sh("dvc", "push", cwd=dvc_repo)
     model = (dvc_repo / "models" / "model.pt").read_bytes()
     shutil.rmtree(dvc_repo / ".dvc" / "cache")
@@ -284,3 +295,23 @@ def test_dvc_remote_push_then_pull_restores_data_and_model(dvc_repo: Path, tmp_p
     assert (dvc_repo / "models" / "model.pt").read_bytes() == model
     assert (dvc_repo / "data" / "fid_reference" / "stats.npz").is_file()
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=dvc_repo)
+
+
+def test_a_second_clone_at_another_path_pulls_and_resamples(dvc_repo: Path):
+    """What "dvc pull on another machine" gives: the git history (models/mlflow_run.json names a run of
+    a store it does not have) and the DVC outputs. Re-sampling must work there, logging to a new run of
+    the clone's own store that names the run the model was trained in."""
+    sh("git", "add", "-A", cwd=dvc_repo)
+    sh("git", "commit", "-qm", "state to clone", "--allow-empty", cwd=dvc_repo)
+    clone = dvc_repo.parent / "elsewhere" / "clone"
+    clone.parent.mkdir()
+    sh("git", "clone", "-q", str(dvc_repo), str(clone), cwd=clone.parent)
+    sh("dvc", "pull", cwd=clone)
+    assert not (clone / "mlflow.db").exists()
+    trained_in = json.loads((clone / "models" / "mlflow_run.json").read_text())["run_id"]
+    out = sh("dvc", "exp", "run", "-n", "resampled-elsewhere", "-S", "sample.temperature=0.7", cwd=clone)
+    assert "Running stage 'train'" not in out and "Running stage 'evaluate'" in out
+    client = mlflow_client(clone)
+    (run,) = client.search_runs([client.get_experiment_by_name("cvae-cifar10").experiment_id])
+    assert run.data.tags["trained_in_run"] == trained_in and run.data.params["sample.temperature"] == "0.7"
+    assert "fid" in run.data.metrics

@@ -284,3 +284,29 @@ def test_a_long_cause_is_cut_at_a_word_not_mid_word():
     text = "connection refused " * 30
     cut = shorten(text, 50)
     assert cut.endswith(" …") and cut[:-2] == cut[:-2].rstrip() and cut.split()[-2] in ("connection", "refused")
+
+
+def test_sampling_into_the_training_run_logs_no_param_conflict(tmp_path):
+    """The training logs a generator at temperature 1, sample one at sample.temperature into the same
+    run: the generators' settings must not become run params that clash ("temperature" 1.0 vs 0.85)."""
+    import mlflow
+
+    ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sample"].update(per_class=3, gmm_components=2, temperature=0.85)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run_stage("train", ws).returncode == 0
+    sampled = run_stage("sample", ws)
+    assert sampled.returncode == 0, sampled.stderr
+    assert "Failed to log model config" not in sampled.stdout + sampled.stderr
+    run_id = json.loads((ws / "models" / "mlflow_run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}").get_run(run_id)
+    assert "temperature" not in run.data.params and run.data.params["sample.temperature"] == "0.85"
+    generator = json.loads((ws / "data" / "samples" / "generator.json").read_text())["model_uri"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    try:
+        served = mlflow.pyfunc.load_model(generator)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert served.metadata.metadata["default_temperature"] == 0.85

@@ -17,6 +17,7 @@ import yaml
 from . import __version__
 from .config import DEFAULT_PARAMS_FILE, load_params
 from .errors import PipelineError
+from .paths import COMPARE_DIR, PREPARED_DIR
 from .stage import check_python
 
 
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("data-info", help=cmd_data_info.__doc__)
-    p.add_argument("prepared_dir", nargs="?", default="data/prepared")
+    p.add_argument("prepared_dir", nargs="?", default=str(PREPARED_DIR))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_data_info)
 
@@ -178,13 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help=cmd_report.__doc__.splitlines()[0], description=cmd_report.__doc__)
     _add_experiment_options(p)
-    p.add_argument("--out-dir", type=Path, default=Path("reports/compare"), help="default: %(default)s")
+    p.add_argument("--out-dir", type=Path, default=COMPARE_DIR, help="default: %(default)s")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help=cmd_compare.__doc__, description=cmd_compare.__doc__)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run id, unique id prefix, or run name (DVC experiment)")
     _add_experiment_options(p)
-    p.add_argument("--out", type=Path, default=Path("reports/compare/grids.png"), help="default: %(default)s")
+    p.add_argument("--out", type=Path, default=COMPARE_DIR / "grids.png", help="default: %(default)s")
     p.set_defaults(func=cmd_compare)
     return parser
 

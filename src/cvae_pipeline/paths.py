@@ -30,3 +30,6 @@ EVAL_DIR = Path("data/eval")
 SAMPLE_FEATURES = EVAL_DIR / "sample_features.npz"
 METRICS = Path("reports/metrics.json")
 PER_CLASS_PLOT = Path("reports/per_class.csv")
+
+# `cvae report` / `cvae compare` (not pipeline outputs)
+COMPARE_DIR = Path("reports/compare")

@@ -7,7 +7,7 @@ array, or a DataFrame with a ``label`` column (what a served model receives from
 ``seed`` (same seed + labels -> same images), ``temperature`` (the latent density's scale) and
 ``latents``: ``gmm`` draws z from the per-class GMM of ``sample.latents: gmm`` when the model ships
 one (the default then), ``prior`` from the model's prior. The default temperature is the one the
-``sample`` stage scored (``sample.temperature``, shipped in the model's config; 1.0 for the model the
+``sample`` stage scored (``sample.temperature``, shipped as the model's ``settings`` artifact; 1.0 for the model the
 training logs), so by default the served images are the evaluated ones.
 Output: float32 images ``[N, 3, 32, 32]`` in [0, 1], the decoder's mean.
 
@@ -23,6 +23,9 @@ the scoring server answers with HTTP 400 and the message.
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 MAX_IMAGES_PER_REQUEST = 10_000
 GMM_ARTIFACT = "latent_gmm"  # the optional artifact: the per-class GMM that sample.latents: gmm fitted
+SETTINGS_ARTIFACT = "settings"  # {"temperature": the one the generator's samples were scored at}
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -88,7 +92,9 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         self.model, self.classes = load_trained_model(Path(context.artifacts["model"]), self.device)
         gmm_file = context.artifacts.get(GMM_ARTIFACT)
         self.gmm = ClassGMM.load(gmm_file) if gmm_file else None
-        self.default_temperature = float((getattr(context, "model_config", None) or {}).get("temperature", 1.0))
+        settings_file = context.artifacts.get(SETTINGS_ARTIFACT)
+        settings = json.loads(Path(settings_file).read_text()) if settings_file else {}
+        self.default_temperature = float(settings.get("temperature", 1.0))
 
     def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
         params = params or {}
@@ -158,13 +164,28 @@ def log_generator(
         f"mlflow=={mlflow.__version__}",
         "pydantic>=2.6",
     ]
+    # the default temperature travels as an artifact, not as ``model_config``: MLflow logs a model_config
+    # as run params, and a second generator in the same run (sample's, after train's) would then clash
+    # with the first one's "temperature" param
+    settings_dir = Path(tempfile.mkdtemp(prefix="generator-settings-"))
+    settings = settings_dir / "settings.json"
+    settings.write_text(json.dumps({"temperature": float(temperature)}) + "\n")
+    artifacts = {"model": str(model_file), SETTINGS_ARTIFACT: str(settings)}
+    if latent_gmm:
+        artifacts[GMM_ARTIFACT] = str(latent_gmm)
+    try:
+        return _log_model(name, package_dir, artifacts, temperature, classes, requirements, latent_gmm is not None)
+    finally:
+        shutil.rmtree(settings_dir, ignore_errors=True)
+
+
+def _log_model(name, package_dir, artifacts, temperature, classes, requirements, ships_gmm: bool):
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(package_dir / "mlflow_model.py"),  # model from code: nothing pickled
-        artifacts={"model": str(model_file)} | ({GMM_ARTIFACT: str(latent_gmm)} if latent_gmm else {}),
+        artifacts=artifacts,
         code_paths=[str(package_dir)],
         signature=signature(temperature),
-        model_config={"temperature": float(temperature)},
         input_example=list(classes[:2]),
         pip_requirements=requirements,
         metadata={
@@ -172,7 +193,7 @@ def log_generator(
             "input": "class names or indices (column 'label')",
             "params": "seed (int, -1 = random), temperature (float), latents (gmm | prior)",
             "default_temperature": float(temperature),
-            "latents": "ex-post per-class GMM" if latent_gmm else "model prior",
+            "latents": "ex-post per-class GMM" if ships_gmm else "model prior",
             "output": "float32 images [N,3,32,32] in [0,1]",
         },
     )

@@ -17,8 +17,6 @@ from ..errors import PipelineError
 from ..io import write_json_atomic
 from ..paths import TRAIN_RUN_FILE
 
-SAMPLES_RUN_FILE_NAME = "mlflow_run.json"
-
 
 def write_run_file(
     run_id: str | None, experiment_id: str | None, model_uri: str | None = None, path: Path = TRAIN_RUN_FILE
@@ -29,12 +27,13 @@ def write_run_file(
 
 def read_run_file(path: Path = TRAIN_RUN_FILE) -> dict:
     path = Path(path)
+    stage = "train" if Path(path) == TRAIN_RUN_FILE else "sample"  # the stage that writes it
     if not path.is_file():
-        raise PipelineError(f"{path}: missing; run `dvc repro train` first")
+        raise PipelineError(f"{path}: missing; run `dvc repro {stage}` first")
     try:
         info = json.loads(path.read_text())
     except ValueError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc}); re-create it with `dvc repro -f train`") from None
+        raise PipelineError(f"{path}: not valid JSON ({exc}); re-create it with `dvc repro -f {stage}`") from None
     if not isinstance(info, dict) or "run_id" not in info:
-        raise PipelineError(f"{path}: names no MLflow run; re-create it with `dvc repro -f train`")
+        raise PipelineError(f"{path}: names no MLflow run; re-create it with `dvc repro -f {stage}`")
     return info
