@@ -68,9 +68,10 @@ def test_torchrun_two_cpu_processes_train_one_model_tracked_once(tmp_path):
 
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cvae-cifar10")
     (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == info["run_id"]
     assert run.info.status == "FINISHED" and run.data.metrics["final_epochs"] == 2
     # each epoch covers the whole training split across both processes: 80 images
     assert len(client.get_metric_history(run.info.run_id, "val_neg_elbo")) == 2
