@@ -1,4 +1,5 @@
-"""The architecture ablation of the README: one queued DVC experiment per row, same short protocol.
+"""The experiments of docs/results.md: one queued DVC experiment per row (the measured figures and
+what they say are in docs/results.md; this file holds only what each row runs).
 
 Every row trains for ``ABLATION`` 's short budget (1 epoch of the 45,000 training images, KL and lr
 warm-up shortened to fit it) and is scored on 2,000 samples (200 per class) against the 10,000
@@ -15,7 +16,7 @@ images (``evaluate.reconstruction_fid``), the floor a better prior or GMM could 
     python benchmarks/ablation.py --headline      # queue the FID-10k rows (baseline, conv, resnet, ...)
     python benchmarks/ablation.py --probes        # queue the decoder probes (FID-2k + reconstruction FID-2k)
     dvc queue start -j 1                          # one at a time: two heavy runs slow each other 5-10x
-    python benchmarks/ablation.py --table         # the README's tables, from the MLflow runs
+    python benchmarks/ablation.py --table         # docs/results.md's tables, from the MLflow runs
     cvae report --experiment cvae-ablation        # every run, every differing param
 
 Queued experiments snapshot the workspace when they are queued; run this from a clean checkout
@@ -96,8 +97,49 @@ RESNET_10K = [
 #: FID-10k rows, in the main MLflow experiment. Each pins the training it was measured with, so the
 #: rows stay the same runs whatever params.yaml's defaults become.
 HEADLINE: dict[str, list[str]] = {
-    "baseline": CLASSIC + ["train.epochs=8", "sample.per_class=1000", "sample.latents=prior", "sample.temperature=1.0"],
-    # the default until the resnet rows were measured (its FID-10k run was named head-default then)
+    # the classic CVAE trained by the original write-up's own recipe: Adam 1e-3 constant, batch 64,
+    # 10 epochs, no EMA, no warm-ups, no clipping, N(0, I) draws (only its defects fixed, see models/mlp.py)
+    "baseline": merged(
+        CLASSIC,
+        [
+            "train.epochs=10",
+            "train.batch_size=64",
+            "train.optimizer=adam",
+            "train.lr=0.001",
+            "train.weight_decay=0.0",
+            "train.lr_schedule=constant",
+            "train.warmup_epochs=0",
+            "train.kl_warmup_epochs=0",
+            "train.free_bits=0.0",
+            "train.grad_clip=null",
+            "train.ema_decay=null",
+            "train.augment=none",
+            "sample.per_class=1000",
+            "sample.latents=prior",
+            "sample.temperature=1.0",
+            "sample.decoder_output=mean",
+        ],
+    ),
+    # the same model under the pipeline's recipe of the time (8 epochs, batch 128, AdamW with warm-up and
+    # cosine decay, KL warm-up, clipping, EMA): the row the write-up's recipe replaced
+    "baseline-pipeline-recipe": merged(
+        CLASSIC,
+        [
+            "train.epochs=8",
+            "train.batch_size=128",
+            "train.optimizer=adamw",
+            "train.lr=0.001",
+            "train.lr_schedule=cosine",
+            "train.warmup_epochs=0.5",
+            "train.kl_warmup_epochs=1.0",
+            "train.grad_clip=100.0",
+            "train.ema_decay=0.999",
+            "sample.per_class=1000",
+            "sample.latents=prior",
+            "sample.temperature=1.0",
+        ],
+    ),
+    # the conv default of the time (its FID-10k run was named head-default)
     "conv": [
         "model.backbone=conv",
         "model.width=64",
@@ -108,31 +150,27 @@ HEADLINE: dict[str, list[str]] = {
         "sample.per_class=1000",
         "sample.temperature=1.0",
     ],
-    # the ablation's best backbone per epoch (resnet w32: FID-2k 324 vs conv's 431 after one epoch) with
-    # the default's GMM sampling, 20 epochs (~60 min of training here, inside the issue's 90-minute budget)
+    # the ablation's best backbone per epoch with GMM sampling, 20 epochs
     "resnet": RESNET_10K + ["train.epochs=20", "train.beta=1.0"],
-    # the same model with the epochs that keep a later training experiment (train + sample + evaluate at
-    # params.yaml's 100 samples per class) under the evaluation issue's 30 minutes: the default before beta 0.5
+    # the same model for 7 epochs
     "resnet-7ep": RESNET_10K + ["train.epochs=7", "train.beta=1.0"],
-    # the "resnet" row with half the KL weight: a higher-rate, sharper autoencoder whose less regular
-    # aggregate posterior the ex-post GMM is there to model (the RAE / two-stage VAE argument)
+    # the "resnet" row with half the KL weight: a higher-rate autoencoder whose less regular aggregate
+    # posterior the ex-post GMM is there to model (the RAE / two-stage VAE argument)
     "resnet-beta05": RESNET_10K + ["train.epochs=20", "train.beta=0.5"],
-    # the default's 7 epochs at that KL weight: the default before temperature 0.85 (121.4 vs 123.3 at beta 1)
+    # 7 epochs at that KL weight
     "resnet-7ep-beta05": RESNET_10K + ["train.epochs=7", "train.beta=0.5"],
-    # "resnet-beta05" given the rest of the issue's 90-minute training budget (28 epochs: 85.9 min here) and
-    # random horizontal flips, since its validation bound peaked at epoch 13 of 20 without them (the decoder
-    # overfits the 45,000 images). Measured: the best likelihood (-3204 nats) but FID-10k 113.2, worse than 105.9
+    # "resnet-beta05" for 28 epochs with random horizontal flips against the decoder's overfit
     "resnet-28ep-hflip": RESNET_10K + ["train.epochs=28", "train.beta=0.5", "train.augment=hflip"],
-    # sampling-only variants of "resnet-beta05" (the same weights): measured by re-sampling that experiment,
-    # `dvc exp apply head-resnet-beta05 && dvc exp run -n head-resnet-beta05-t085 -S sample.temperature=0.85`
-    # (sample + evaluate only, ~16 min each); queued from here they train the model again first
+    # sampling-only variants of "resnet-beta05" (the same weights): re-sample that experiment instead of
+    # queueing them (`dvc exp apply head-resnet-beta05 && dvc exp run -n head-resnet-beta05-t085 -S ...`);
+    # queued from here they train the model again first
     "resnet-beta05-t085": merged(RESNET_10K, ["train.epochs=20", "train.beta=0.5", "sample.temperature=0.85"]),
     "resnet-beta05-t07": merged(RESNET_10K, ["train.epochs=20", "train.beta=0.5", "sample.temperature=0.7"]),
     "resnet-beta05-gmm25": RESNET_10K + ["train.epochs=20", "train.beta=0.5", "sample.gmm_components=25"],
-    # the default's model re-sampled at the best model's temperature: params.yaml's default (117.0 vs 121.4)
+    # the 7-epoch model at temperature 0.85
     "resnet-7ep-beta05-t085": merged(RESNET_10K, ["train.epochs=7", "train.beta=0.5", "sample.temperature=0.85"]),
-    # the default's 7-epoch training with z as a 4-channel 8x8 latent map (probe-map8x4-2k): measured by
-    # re-sampling that probe's model, `dvc exp apply probe-map8x4-2k && dvc exp run -n head-map8x4
+    # the 7-epoch training with z as a 4-channel 8x8 latent map (params.yaml's default); probe-map8x4-2k's
+    # model can be re-sampled for it: `dvc exp apply probe-map8x4-2k && dvc exp run -n head-map8x4
     # -S sample.per_class=1000 -S evaluate.likelihood_images=null -S evaluate.reconstruction_fid=false`
     "map8x4": merged(
         RESNET_10K,
@@ -144,7 +182,7 @@ HEADLINE: dict[str, list[str]] = {
             "sample.temperature=0.85",
         ],
     ),
-    # the same for 16 epochs (~45 min of training here): what the rest of the 90-minute budget buys it
+    # the same for 16 epochs
     "map8x4-16ep": merged(
         RESNET_10K,
         [
@@ -173,13 +211,13 @@ PROBE = [
 ]
 
 #: decoder probes, in the main MLflow experiment: one change each to the default's model (``probe-default-2k``).
-#: "default-2k" and "20ep-2k" (the best model's training, head-resnet-beta05, 59 min) were measured by
-#: re-sampling those models; queued from here they train first.
+#: "default-2k" and "20ep-2k" (head-resnet-beta05's training) can be measured by re-sampling those
+#: models; queued from here they train first.
 PROBES: dict[str, list[str]] = {
     "default-2k": PROBE,
     # more information in the latent: does a higher-rate code give sharper reconstructions?
     "beta02-2k": merged(PROBE, ["train.beta=0.2"]),
-    # more decoder (and encoder) capacity: 4.4 M parameters, 1.9x the time per epoch here
+    # more decoder (and encoder) capacity: 4.4 M parameters
     "w48-2k": merged(PROBE, ["model.width=48"]),
     # twice the optimizer steps per epoch at about the same compute: does the decoder want more updates?
     "bs64-2k": merged(PROBE, ["train.batch_size=64"]),
