@@ -155,25 +155,11 @@ def test_errors_are_not_preceded_by_mlflow_warnings(tmp_path):
 
 
 def make_trainer(tmp_path: Path, **train):
-    from conftest import model_params, train_params
-
-    from cvae_pipeline.data.prepared import load_prepared
-    from cvae_pipeline.models import build_model
-    from cvae_pipeline.training.loop import Trainer
+    """test_training's trainer on a tiny prepared set, two epochs."""
+    from test_training import make_trainer as trainer_on
 
     prepared = make_prepared(tmp_path / "prepared", 4, 2, 1)
-    cfg = train_params(**{"epochs": 2, "batch_size": 16, **train})
-    torch.manual_seed(0)
-    model = build_model(model_params(**TINY_MODEL), 10)
-    return Trainer(
-        model,
-        cfg,
-        torch.device("cpu"),
-        load_prepared(prepared, "train"),
-        load_prepared(prepared, "val"),
-        tmp_path / "ckpt.pt",
-        fingerprint="this configuration",
-    )
+    return trainer_on(prepared, tmp_path / "ckpt.pt", **{"epochs": 2, "batch_size": 16, **train})
 
 
 def test_nan_stop_before_any_checkpoint_does_not_claim_another_configurations_file(tmp_path):
