@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..paths import TRAIN_RUN_FILE
 from .handoff import read_run_file
-from .store import TrackingError, configure, configure_store
+from .store import TrackingError, configure, configure_store, shorten
 from .tags import run_tags
 
 
@@ -52,8 +52,12 @@ def recorded_run(
         configure_store()
         try:
             run = mlflow.start_run(run_id=info["run_id"])
-        except mlflow.exceptions.MlflowException:
-            run = None
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that answers, but not usably
+                raise TrackingError(
+                    f"MLflow run {info['run_id']} (from {run_file}) cannot be reopened: {shorten(exc.message)}"
+                ) from None
+            run = None  # this store never had it: the model was trained against another one
         if run is None:
             experiment_id = configure(experiment)
             tags = run_tags(stage) | {"trained_in_run": info["run_id"]}
