@@ -29,6 +29,11 @@ import argparse
 import subprocess
 import sys
 
+#: how a row draws its latents, pinned so that params.yaml's sampling default does not change a row:
+#: the model's own N(0, I) prior (no prior stage work), or the prior stage's per-class GMM
+MODEL_LATENTS = ["prior.kind=none", "sample.latents=model"]
+GMM_LATENTS = ["prior.kind=gmm", "sample.latents=fitted"]
+
 
 def merged(*overrides: list[str]) -> list[str]:
     """``key=value`` lists combined, a later list's value winning for the same key."""
@@ -50,7 +55,7 @@ ABLATION = [
     "train.warmup_epochs=0.1",
     "train.kl_warmup_epochs=0.3",
     "sample.per_class=200",
-    "sample.latents=prior",
+    *MODEL_LATENTS,
     "sample.temperature=1.0",
     "evaluate.likelihood_images=2000",
     "evaluate.iw_samples=8",
@@ -81,7 +86,7 @@ ROWS: dict[str, list[str]] = {
     "iaf": ["model.flow.posterior=iaf", "model.flow.steps=4"],
     "planar": ["model.flow.posterior=planar", "model.flow.steps=4"],
     "flow-prior": ["model.prior=flow"],
-    "gmm": ["sample.latents=gmm"],
+    "gmm": GMM_LATENTS,
 }
 
 #: the resnet of the headline rows (width 32, 1 block per resolution) at the FID-10k protocol
@@ -92,6 +97,7 @@ RESNET_10K = [
     "model.latent_resolution=1",
     "sample.per_class=1000",
     "sample.temperature=1.0",
+    *GMM_LATENTS,
 ]
 
 #: FID-10k rows, in the main MLflow experiment. Each pins the training it was measured with, so the
@@ -115,7 +121,7 @@ HEADLINE: dict[str, list[str]] = {
             "train.ema_decay=null",
             "train.augment=none",
             "sample.per_class=1000",
-            "sample.latents=prior",
+            *MODEL_LATENTS,
             "sample.temperature=1.0",
             "sample.decoder_output=mean",
         ],
@@ -135,7 +141,7 @@ HEADLINE: dict[str, list[str]] = {
             "train.grad_clip=100.0",
             "train.ema_decay=0.999",
             "sample.per_class=1000",
-            "sample.latents=prior",
+            *MODEL_LATENTS,
             "sample.temperature=1.0",
         ],
     ),
@@ -149,6 +155,7 @@ HEADLINE: dict[str, list[str]] = {
         "train.beta=1.0",
         "sample.per_class=1000",
         "sample.temperature=1.0",
+        *GMM_LATENTS,
     ],
     # the ablation's best backbone per epoch with GMM sampling, 20 epochs
     "resnet": RESNET_10K + ["train.epochs=20", "train.beta=1.0"],
@@ -166,7 +173,7 @@ HEADLINE: dict[str, list[str]] = {
     # queued from here they train the model again first
     "resnet-beta05-t085": merged(RESNET_10K, ["train.epochs=20", "train.beta=0.5", "sample.temperature=0.85"]),
     "resnet-beta05-t07": merged(RESNET_10K, ["train.epochs=20", "train.beta=0.5", "sample.temperature=0.7"]),
-    "resnet-beta05-gmm25": RESNET_10K + ["train.epochs=20", "train.beta=0.5", "sample.gmm_components=25"],
+    "resnet-beta05-gmm25": RESNET_10K + ["train.epochs=20", "train.beta=0.5", "prior.gmm_components=25"],
     # the 7-epoch model at temperature 0.85
     "resnet-7ep-beta05-t085": merged(RESNET_10K, ["train.epochs=7", "train.beta=0.5", "sample.temperature=0.85"]),
     # the 7-epoch training with z as a 4-channel 8x8 latent map (params.yaml's default); probe-map8x4-2k's
@@ -180,6 +187,19 @@ HEADLINE: dict[str, list[str]] = {
             "train.epochs=7",
             "train.beta=0.5",
             "sample.temperature=0.85",
+        ],
+    ),
+    # params.yaml's default: the map8x4 model with the diffusion prior (prior.*, sample.steps and
+    # sample.guidance as params.yaml has them)
+    "map8x4-diffusion": merged(
+        RESNET_10K,
+        [
+            "model.latent_dim=256",
+            "model.latent_resolution=8",
+            "train.epochs=7",
+            "train.beta=0.5",
+            "prior.kind=diffusion",
+            "sample.latents=fitted",
         ],
     ),
     # the same for 16 epochs
@@ -205,6 +225,7 @@ PROBE = [
     "train.epochs=7",
     "train.beta=0.5",
     "sample.temperature=0.85",
+    *GMM_LATENTS,
     "sample.per_class=200",
     "evaluate.reconstruction_fid=true",
     "evaluate.likelihood_images=2000",

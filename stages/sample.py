@@ -1,17 +1,19 @@
 """Stage ``sample``: ``sample.per_class`` images of every class from the trained model (seeded), with
-latents from the model's prior or from per-class Gaussian mixtures fitted on the encoded training set
-(``sample.latents: gmm``), saved to ``data/samples`` with a class-by-row grid as a DVC plot. The
-generator that draws them (the model with its GMM) is logged to MLflow for ``evaluate`` to register —
-in the training's run, or in a run nested under it when that one holds samples of other settings."""
+latents from the prior stage's density (``sample.latents: fitted``: the diffusion prior at
+``sample.steps`` and ``sample.guidance``, or the GMM) or from the model's own prior, saved to
+``data/samples`` with a class-by-row grid as a DVC plot. The generator that draws them (the model
+with its prior and these settings) is logged to MLflow for ``evaluate`` to register — in the prior's
+run, or in a run nested under it when that one holds samples of other settings."""
 
 from __future__ import annotations
 
 from cvae_pipeline import paths, tracking
 from cvae_pipeline.config import load_params
+from cvae_pipeline.data.sources import file_checksum
 from cvae_pipeline.io import atomic_directory, save_png, write_json_atomic
 from cvae_pipeline.models.artifact import load_trained_model
 from cvae_pipeline.runtime import resolve_device
-from cvae_pipeline.samples import GENERATOR_FILE, GMM_FILE, RUN_FILE
+from cvae_pipeline.samples import GENERATOR_FILE, RUN_FILE
 from cvae_pipeline.sampling import draw_sample_set, grid_of
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.tracking.stage_logging import log_samples
@@ -22,7 +24,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = params.sample
     model, classes = load_trained_model(paths.MODEL_FILE, resolve_device(params.train.device, "train.device"))
-    samples, gmm = draw_sample_set(model, classes, cfg, paths.PREPARED_DIR)
+    samples = draw_sample_set(model, classes, cfg, paths.PRIOR_FILE, file_checksum(paths.MODEL_FILE, "sha256"))
     grid = grid_of(samples.images, samples.labels, len(classes))
     settings = tracking.flatten_params({"sample": cfg.model_dump()})
     # logging happens inside the atomic write: if MLflow fails, no data/samples is left without its generator
@@ -31,15 +33,13 @@ def main() -> None:
             "sample",
             settings,
             params.mlflow.required,
-            paths.TRAIN_RUN_FILE,
+            paths.PRIOR_RUN_FILE,
             params.mlflow.experiment,
             tracking.flatten_params(params.model_dump()),
         ) as run,
         atomic_directory(paths.SAMPLES_DIR) as tmp,
     ):
         samples.save(tmp)
-        if gmm is not None:
-            gmm.save(tmp / GMM_FILE)
         run_id, experiment_id = (run.info.run_id, run.info.experiment_id) if run else (None, None)
         model_uri = None
         if run is not None:
@@ -49,8 +49,8 @@ def main() -> None:
                 samples.sampling,
                 paths.MODEL_FILE,
                 classes,
-                tmp / GMM_FILE if gmm is not None else None,
-                cfg.temperature,
+                paths.PRIOR_FILE if cfg.latents == "fitted" else None,
+                {"temperature": cfg.temperature, "steps": cfg.steps, "guidance": cfg.guidance},
             )
             write_json_atomic(tmp / GENERATOR_FILE, {"model_uri": model_uri})
         tracking.write_run_file(run_id, experiment_id, model_uri, path=tmp / RUN_FILE)

@@ -160,3 +160,13 @@ def prepare_params(**overrides):
     from cvae_pipeline.config import PrepareParams
 
     return _section(PrepareParams, "prepare", overrides)
+
+
+def prior_params(**overrides):
+    from cvae_pipeline.config import PriorParams
+
+    return _section(PriorParams, "prior", overrides)
+
+
+#: a diffusion prior small enough to train in a second on a tiny workspace
+TINY_PRIOR = {"width": 32, "blocks": 2, "epochs": 2, "batch_size": 64, "timesteps": 100}

@@ -13,11 +13,11 @@ from conftest import make_prepared, model_params, run_stage, train_params, train
 from torch.distributions import Normal
 
 from cvae_pipeline.data.prepared import load_prepared
-from cvae_pipeline.expost import ClassGMM
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.base import gaussian_kl
 from cvae_pipeline.models.flows import AffineCoupling, FlowPrior, IAFStep, PlanarStep, PosteriorFlow
 from cvae_pipeline.models.likelihoods import DiscretizedLogisticMixture, Gaussian
+from cvae_pipeline.prior import ClassGMM, load_prior
 from cvae_pipeline.training.loop import Trainer
 
 DIM, CONTEXT = 5, 3
@@ -227,8 +227,9 @@ def test_each_new_option_trains_one_epoch_on_a_tiny_subset(tiny, tmp_path, optio
     assert images.shape == (10, 3, 32, 32)
 
 
-def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
-    """train then sample (sample.latents=gmm, decoder_output=sample) as stages, untracked."""
+def test_prior_and_sample_stages_with_a_gmm_and_likelihood_draws(tmp_path):
+    """train, prior (prior.kind=gmm) and sample (decoder_output=sample) as stages, untracked, on a model
+    with a posterior flow (whose central latents the GMM is fitted on)."""
     ws = train_workspace(
         tmp_path / "ws",
         {
@@ -244,11 +245,12 @@ def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
     import yaml
 
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["sample"].update(latents="gmm", gmm_components=2, decoder_output="sample", per_class=3)
+    params["prior"].update(kind="gmm", gmm_components=2)
+    params["sample"].update(latents="fitted", decoder_output="sample", per_class=3)
     params["mlflow"]["required"] = False
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # unreachable: runs untracked
-    for stage in ("train", "sample"):
+    for stage in ("train", "prior", "sample"):
         result = run_stage(stage, ws, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())
@@ -258,4 +260,6 @@ def test_sample_stage_with_ex_post_gmm_and_likelihood_draws(tmp_path):
         "temperature": params["sample"]["temperature"],
     }
     assert np.load(ws / "data/samples/images.npy").shape == (30, 3, 32, 32)
-    assert ClassGMM.load(ws / "data/samples/latent_gmm.npz").means.shape == (10, 2, 4)
+    kind, prior = load_prior(ws / "models/prior.pt")
+    assert kind == "gmm" and prior.gmm.means.shape == (10, 2, 4)
+    assert json.loads((ws / "reports/prior/metrics.json").read_text())["kind"] == "gmm"

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 import yaml
 from archives import CLASSES, make_image_folder_archive, sha256
-from conftest import BIN, REPO, clean_env, write_params
+from conftest import BIN, REPO, TINY_PRIOR, clean_env, write_params
 
-ALL_STAGES = ("download", "prepare", "fid_reference", "train", "sample", "evaluate")
+ALL_STAGES = ("download", "prepare", "fid_reference", "train", "prior", "sample", "evaluate")
+#: what the tiny pipeline's samples are drawn from (TINY_PRIOR, 5 steps, the default guidance)
+LATENTS = "diffusion prior (MLP 2x32, v-prediction; 5 DDIM steps, guidance 3)"
 
 
 def sh(*cmd: str, cwd: Path) -> str:
@@ -46,7 +48,8 @@ def dvc_repo(tmp_path_factory) -> Path:
     text = yaml.safe_load(params.read_text())
     text["model"].update(backbone="mlp", width=32, latent_dim=8, latent_resolution=1)
     text["train"].update(epochs=1, batch_size=32)
-    text["sample"].update(per_class=5, gmm_components=2, temperature=1.0)  # the tests re-sample at 0.5
+    text["prior"].update(TINY_PRIOR)
+    text["sample"].update(per_class=5, steps=5, guidance=3.0, temperature=1.0)  # the tests re-sample at 0.5
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
     params.write_text(yaml.safe_dump(text, sort_keys=False))
     sh("git", "init", "-q", cwd=repo)
@@ -90,15 +93,17 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     assert run.data.metrics["fid"] == pytest.approx(metrics["fid"])
     artifacts = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "samples")}
     assert "samples/final_grid.png" in artifacts and "samples/epoch_0001.png" in artifacts
+    assert "prior/samples.png" in {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "prior")}
+    assert run.data.tags["prior.kind"] == "diffusion" and "prior_val_loss" in run.data.metrics
     assert (dvc_repo / "reports" / "samples" / "grid.png").is_file()
     pipeline_files = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "pipeline")}
     assert pipeline_files == {"pipeline/params.yaml", "pipeline/dvc.yaml", "pipeline/dvc.lock"}
     (version,) = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
     assert version.description.startswith(
-        f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, latents from ex-post GMM (2 per class))"
+        f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, latents from {LATENTS})"
     )
-    # the registered model is the generator the sample stage logged with its GMM: it serves what was scored
+    # the registered model is the generator the sample stage logged with its prior: it serves what was scored
     generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())["model_uri"]
     assert version.source == generator
     logged = mlflow_client(dvc_repo).get_logged_model(generator.removeprefix("models:/"))
@@ -112,7 +117,13 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     assert workspace["reports/data.json"]["data"]["train"]["images"] == 90
     assert "val_neg_elbo" in workspace["reports/train/metrics.json"]["data"]
     plots = sh("dvc", "plots", "show", "--json", cwd=dvc_repo)
-    for plot in ("reports/per_class.csv", "reports/train/history.csv", "reports/samples/grid.png"):
+    assert workspace["reports/prior/metrics.json"]["data"]["kind"] == "diffusion"
+    for plot in (
+        "reports/per_class.csv",
+        "reports/train/history.csv",
+        "reports/prior/history.csv",
+        "reports/samples/grid.png",
+    ):
         assert plot in plots, plot
 
     sh("git", "add", "-A", cwd=dvc_repo)
@@ -158,7 +169,7 @@ def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path
 
 def test_workspace_experiments_rerun_only_what_changed(dvc_repo: Path):
     out = sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=dvc_repo)
-    for stage in ("train", "sample", "evaluate"):
+    for stage in ("train", "prior", "sample", "evaluate"):
         assert f"Running stage '{stage}'" in out
     for stage in ("download", "prepare", "fid_reference"):
         assert f"Running stage '{stage}'" not in out
@@ -186,49 +197,54 @@ def test_posterior_flow_experiment_trains_and_evaluates(dvc_repo: Path):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
     assert np.isfinite(metrics["fid"]) and np.isfinite(metrics["test_iw_bound_nats"])
-    assert metrics["samples"] == {"latents": "ex-post GMM (2 per class)", "images": "decoder mean", "temperature": 1.0}
+    assert metrics["samples"] == {"latents": LATENTS, "images": "decoder mean", "temperature": 1.0}
     (run,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
     assert run.data.params["model.flow.steps"] == "4" and "fid" in run.data.metrics
     assert run.data.tags["samples.images"] == "decoder mean"
 
 
 def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_repo: Path):
-    """``-S sample.temperature=…`` re-runs only sample and evaluate on the model the workspace holds
-    (the IAF one): the new results go to a run nested under the training's, whose own FID stays, so the
-    MLflow UI shows the two samplings side by side; an evaluate-only change (the reconstructions' FID)
+    """``-S sample.guidance=2`` re-runs only sample and evaluate on the model and prior the workspace
+    holds (the IAF one): the new results go to a run nested under the training's, whose own FID stays,
+    so the MLflow UI shows the two samplings side by side; an evaluate-only change (the floor's FIDs)
     nests under that in turn."""
     (trained,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
-    out = sh("dvc", "exp", "run", "-n", "cooler", "-S", "sample.temperature=0.5", cwd=dvc_repo)
-    assert "Running stage 'train'" not in out and "Running stage 'evaluate'" in out
+    out = sh("dvc", "exp", "run", "-n", "guided", "-S", "sample.guidance=2", cwd=dvc_repo)
+    for stage in ("train", "prior"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'sample'" in out and "Running stage 'evaluate'" in out
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
-    (cooler,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "cooler"]
-    assert cooler.data.tags["mlflow.parentRunId"] == trained.info.run_id
-    assert cooler.data.params["sample.temperature"] == "0.5" and cooler.data.params["model.flow.posterior"] == "iaf"
-    assert cooler.data.metrics["fid"] == pytest.approx(metrics["fid"]) and "final_train_seconds" in cooler.data.metrics
+    assert metrics["samples"]["latents"].endswith("guidance 2)")
+    (guided,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "guided"]
+    assert guided.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert guided.data.params["sample.guidance"] == "2.0" and guided.data.params["model.flow.posterior"] == "iaf"
+    assert guided.data.tags["prior.kind"] == "diffusion"  # what it was drawn with, inherited
+    assert guided.data.metrics["fid"] == pytest.approx(metrics["fid"]) and "final_train_seconds" in guided.data.metrics
     after = mlflow_client(dvc_repo).get_run(trained.info.run_id)
-    assert after.data.metrics["fid"] == trained.data.metrics["fid"] != cooler.data.metrics["fid"]
-    assert after.data.tags["sample.temperature"] == "1.0"
+    assert after.data.metrics["fid"] == trained.data.metrics["fid"] != guided.data.metrics["fid"]
+    assert after.data.tags["sample.guidance"] == "3.0"
     versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
-    assert any(v.run_id == cooler.info.run_id for v in versions)  # the re-sampled generator, registered
+    assert any(v.run_id == guided.info.run_id for v in versions)  # the re-sampled generator, registered
 
-    # "is it the decoder or the latents?": the reconstructions' FID, an evaluate-only change
+    # "is it the decoder or the latents?": the floor's FIDs, an evaluate-only change
     versions_before = len(versions)
     out = sh("dvc", "exp", "run", "-n", "decoder-floor", "-S", "evaluate.reconstruction_fid=true", cwd=dvc_repo)
     assert "Running stage 'sample'" not in out and "Running stage 'evaluate'" in out
-    assert "reconstruction FID" in out
+    assert "floor: reconstructions FID" in out
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
-    assert np.isfinite(metrics["reconstruction_fid"]) and metrics["reconstruction_fid_images"] == 40
+    assert np.isfinite(metrics["reconstruction_fid"]) and np.isfinite(metrics["posterior_draw_fid"])
+    assert metrics["reconstruction_fid_images"] == 40  # as many as the 50 samples, capped by the 40 test images
     (floor,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "decoder-floor"]
-    assert floor.data.tags["mlflow.parentRunId"] == cooler.info.run_id
-    assert floor.data.tags["trained_in_run"] == trained.info.run_id and floor.data.params["sample.temperature"] == "0.5"
-    assert floor.data.metrics["fid"] == pytest.approx(cooler.data.metrics["fid"])  # same samples, same FID
-    assert floor.data.metrics["reconstruction_fid"] == pytest.approx(metrics["reconstruction_fid"])
+    assert floor.data.tags["mlflow.parentRunId"] == guided.info.run_id
+    assert floor.data.tags["trained_in_run"] == trained.info.run_id and floor.data.params["sample.guidance"] == "2.0"
+    assert floor.data.metrics["fid"] == pytest.approx(guided.data.metrics["fid"])  # same samples, same FID
+    assert floor.data.metrics["posterior_draw_fid"] == pytest.approx(metrics["posterior_draw_fid"])
     # the same generator was re-evaluated: its version is updated, no second version is registered
     versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert len(versions) == versions_before
-    (rescored,) = [v for v in versions if v.run_id == cooler.info.run_id]
+    (rescored,) = [v for v in versions if v.run_id == guided.info.run_id]
     assert rescored.tags["evaluated_in_run"] == floor.info.run_id
-    first = mlflow_client(dvc_repo).get_run(cooler.info.run_id).data
+    first = mlflow_client(dvc_repo).get_run(guided.info.run_id).data
     assert first.tags["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in first.metrics
 
 
@@ -315,3 +331,18 @@ def test_a_second_clone_at_another_path_pulls_and_resamples(dvc_repo: Path):
     (run,) = client.search_runs([client.get_experiment_by_name("cvae-cifar10").experiment_id])
     assert run.data.tags["trained_in_run"] == trained_in and run.data.params["sample.temperature"] == "0.7"
     assert "fid" in run.data.metrics
+
+
+def test_a_prior_experiment_refits_the_prior_only_and_nests_its_results(dvc_repo: Path):
+    """``-S prior.epochs=3`` re-runs prior, sample and evaluate, never train; the new prior's losses and
+    FID land in a run nested under the training's, next to the first prior's."""
+    trained_in = json.loads((dvc_repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    out = sh("dvc", "exp", "run", "-n", "longer-prior", "-S", "prior.epochs=3", cwd=dvc_repo)
+    assert "Running stage 'train'" not in out
+    for stage in ("prior", "sample", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    assert json.loads((dvc_repo / "reports" / "prior" / "metrics.json").read_text())["epochs"] == 3
+    (refit,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "longer-prior"]
+    assert refit.data.tags["mlflow.parentRunId"] == trained_in and refit.data.params["prior.epochs"] == "3"
+    assert "fid" in refit.data.metrics and "prior_val_loss" in refit.data.metrics
+    assert json.loads((dvc_repo / "models" / "prior_run.json").read_text())["run_id"] == refit.info.run_id

@@ -284,9 +284,11 @@ def test_sampling_into_the_training_run_logs_no_param_conflict(tmp_path):
 
     ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["sample"].update(per_class=3, gmm_components=2, temperature=0.85)
+    params["prior"]["kind"] = "none"
+    params["sample"].update(per_class=3, latents="model", temperature=0.85)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert run_stage("train", ws).returncode == 0
+    assert run_stage("prior", ws).returncode == 0
     sampled = run_stage("sample", ws)
     assert sampled.returncode == 0, sampled.stderr
     assert "Failed to log model config" not in sampled.stdout + sampled.stderr
@@ -300,4 +302,4 @@ def test_sampling_into_the_training_run_logs_no_param_conflict(tmp_path):
         served = mlflow.pyfunc.load_model(generator)
     finally:
         mlflow.set_tracking_uri(previous)
-    assert served.metadata.metadata["default_temperature"] == 0.85
+    assert served.metadata.metadata["defaults"]["temperature"] == 0.85

@@ -17,9 +17,11 @@ from archives import CLASSES
 from conftest import BIN, clean_env, free_port, model_params, running_server
 from mlflow.exceptions import MlflowException
 
-from cvae_pipeline.expost import ClassGMM
+from cvae_pipeline.data.sources import file_checksum
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.artifact import load_trained_model, save_trained_model
+from cvae_pipeline.prior import DiffusionPrior, load_prior, save_prior
+from cvae_pipeline.prior.diffusion import Denoiser, GaussianDiffusion
 from cvae_pipeline.serving import log_generator, parse_labels
 
 
@@ -93,62 +95,50 @@ def test_pyfunc_generates_seeded_images_for_names_and_indices(logged_model):
     assert not np.array_equal(images, model.predict(["cat", 3, "truck"], params={"seed": 8}))
     cold = model.predict(["cat"], params={"seed": 7, "temperature": 0.01})
     assert not np.array_equal(cold[0], images[0])
-    with pytest.raises(MlflowException, match="temperature must be > 0"):
-        model.predict(["cat"], params={"temperature": 0.0})
+    for bad in ({"temperature": 0.0}, {"temperature": float("nan")}, {"steps": 0}, {"guidance": -1.0}):
+        with pytest.raises(MlflowException, match=f"{next(iter(bad))} must be"):
+            model.predict(["cat"], params=bad)
 
 
-def toy_gmm(path: Path) -> ClassGMM:
-    """A per-class GMM on the toy model's 4-d latents, saved to ``path`` the way the sample stage ships it."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(len(CLASSES)), 20)
-    gmm = ClassGMM.fit(rng.normal(labels[:, None] * 3.0, 0.5, size=(len(labels), 4)), labels, len(CLASSES), 2)
-    gmm.save(path)
-    return gmm
+def toy_prior(store, path: Path) -> DiffusionPrior:
+    """A diffusion prior over the toy model's 4-d latents (random weights: what matters here is that
+    the served model draws from it exactly as sampling does), saved the way the prior stage saves it."""
+    torch.manual_seed(0)
+    denoiser = Denoiser(4, len(CLASSES), 16, 2)
+    for layer in (denoiser.output, denoiser.final_modulation[1]):
+        torch.nn.init.normal_(layer.weight, std=0.3)
+    prior = DiffusionPrior(denoiser.eval(), GaussianDiffusion(100, "v"), torch.full((4,), 0.5), torch.full((4,), 2.0))
+    save_prior(path, "diffusion", file_checksum(store[1] / "model.pt", "sha256"), CLASSES, prior)
+    return load_prior(path, file_checksum(store[1] / "model.pt", "sha256"))[1]
 
 
-def test_generator_with_a_gmm_draws_its_latents_from_it(store, tmp_path):
-    """What the sample stage logs with ``sample.latents: gmm``: served images are the evaluated kind."""
-    gmm = toy_gmm(tmp_path / "latent_gmm.npz")
+def test_generator_with_a_prior_draws_its_latents_from_it(store, tmp_path):
+    """What the sample stage logs with ``sample.latents: fitted``: the served images are the evaluated
+    ones, drawn by the shipped prior at the scored steps and guidance; a request may override them."""
+    prior = toy_prior(store, tmp_path / "prior.pt")
     mlflow.set_tracking_uri(store[0])
-    served = mlflow.pyfunc.load_model(log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz"))
-    assert served.metadata.metadata["latents"] == "ex-post per-class GMM"
+    scored = {"temperature": 0.9, "steps": 7, "guidance": 2.5}
+    uri = log_in(store, name="generator", prior_file=tmp_path / "prior.pt", settings=scored, described="toy prior")
+    served = mlflow.pyfunc.load_model(uri)
+    assert served.metadata.metadata["latents"] == "toy prior" and served.metadata.metadata["defaults"] == scored
     model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))
     labels = torch.tensor([3, 9, 0])
 
-    def direct(latents):
-        return model.sample(labels, generator=torch.Generator().manual_seed(5), latents=latents).numpy()
+    def direct(latents, temperature=0.9):
+        return model.sample(labels, temperature, generator=torch.Generator().manual_seed(5), latents=latents).numpy()
 
     images = served.predict(["cat", "truck", 0], params={"seed": 5})
-    assert np.allclose(images, direct(gmm), atol=1e-6)  # the GMM is the default
-    assert np.allclose(served.predict([3, 9, 0], params={"seed": 5, "latents": "prior"}), direct(None), atol=1e-6)
-    assert not np.allclose(images, direct(None), atol=1e-3)
-    with pytest.raises(MlflowException, match="latents must be 'gmm' or 'prior'"):
+    assert np.allclose(images, direct(prior.sampler(7, 2.5)), atol=1e-6)  # the prior at the scored settings
+    assert not np.allclose(images, direct(prior.sampler(7, 1.0)), atol=1e-3)  # guidance matters
+    asked = served.predict([3, 9, 0], params={"seed": 5, "steps": 3, "guidance": 0.0, "temperature": 1.0})
+    assert np.allclose(asked, direct(prior.sampler(3, 0.0), 1.0), atol=1e-6)
+    assert np.allclose(served.predict([3, 9, 0], params={"seed": 5, "latents": "model"}), direct(None), atol=1e-6)
+    with pytest.raises(MlflowException, match="latents must be 'fitted' or 'model'"):
         served.predict(["cat"], params={"latents": "flow"})
     without = mlflow.pyfunc.load_model(log_in(store))
     assert without.metadata.metadata["latents"] == "model prior"
-    with pytest.raises(MlflowException, match="ships no GMM"):
-        without.predict(["cat"], params={"latents": "gmm"})
-
-
-def test_generator_serves_the_temperature_its_samples_were_scored_at(store, tmp_path):
-    """The sample stage logs its generator with ``sample.temperature``: a request without a temperature
-    gets that one (the scored images), a request with one gets what it asks for."""
-    gmm = toy_gmm(tmp_path / "latent_gmm.npz")
-    mlflow.set_tracking_uri(store[0])
-    served = mlflow.pyfunc.load_model(
-        log_in(store, name="generator", latent_gmm=tmp_path / "latent_gmm.npz", temperature=0.85)
-    )
-    assert served.metadata.metadata["default_temperature"] == 0.85
-    model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))
-
-    def direct(temperature):
-        return model.sample(
-            torch.tensor([3, 9]), temperature, generator=torch.Generator().manual_seed(5), latents=gmm
-        ).numpy()
-
-    images = served.predict(["cat", "truck"], params={"seed": 5})
-    assert np.allclose(images, direct(0.85), atol=1e-6) and not np.allclose(images, direct(1.0), atol=1e-3)
-    assert np.allclose(served.predict(["cat", "truck"], params={"seed": 5, "temperature": 1.0}), direct(1.0), atol=1e-6)
+    with pytest.raises(MlflowException, match="ships no fitted prior"):
+        without.predict(["cat"], params={"latents": "fitted"})
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import BIN, clean_env, free_port, run_stage, running_server, train_workspace
+from conftest import BIN, TINY_PRIOR, clean_env, free_port, run_stage, running_server, train_workspace
 
 TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
 TINY_TRAIN = {"epochs": 1, "batch_size": 64}
@@ -54,11 +54,12 @@ def mlflow_server(tmp_path_factory):
 def test_pipeline_tracks_into_a_real_mlflow_server(mlflow_server, tmp_path):
     ws = train_workspace(tmp_path / "ws", TINY_MODEL, TINY_TRAIN)
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["sample"].update(per_class=3, gmm_components=2)
+    params["prior"].update(TINY_PRIOR)
+    params["sample"].update(per_class=3, steps=5)
     params["evaluate"].update(kid_subsets=5, probe_folds=2, iw_samples=2)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
-    for stage in ("train", "fid_reference", "sample", "evaluate"):
+    for stage in ("train", "prior", "fid_reference", "sample", "evaluate"):
         result = run_stage(stage, ws, env=env)
         assert result.returncode == 0, f"{stage}:\n{result.stdout}\n{result.stderr}"
     assert not (ws / "mlflow.db").exists()  # nothing went to the local default store
@@ -95,7 +96,8 @@ def test_unrequired_tracking_only_warns_and_the_stages_run_untracked(tmp_path):
     ws = train_workspace(tmp_path / "ws", TINY_MODEL, TINY_TRAIN)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["mlflow"]["required"] = False
-    params["sample"].update(per_class=2, gmm_components=2)
+    params["prior"]["kind"] = "none"
+    params["sample"].update(per_class=2, latents="model")
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     uri = f"http://127.0.0.1:{free_port()}"
     trained = run_stage("train", ws, env={"MLFLOW_TRACKING_URI": uri})
@@ -104,6 +106,9 @@ def test_unrequired_tracking_only_warns_and_the_stages_run_untracked(tmp_path):
     assert "going on without MLflow tracking" in trained.stdout
     assert json.loads((ws / "models" / "mlflow_run.json").read_text())["run_id"] is None
     assert (ws / "models" / "model.pt").is_file() and (ws / "reports" / "train" / "history.csv").is_file()
+    fitted = run_stage("prior", ws, env={"MLFLOW_TRACKING_URI": uri})
+    assert fitted.returncode == 0, fitted.stderr
+    assert json.loads((ws / "models" / "prior_run.json").read_text())["run_id"] is None
     sampled = run_stage("sample", ws, env={"MLFLOW_TRACKING_URI": uri})
     assert sampled.returncode == 0, sampled.stderr
     assert "not tracked in MLflow" in sampled.stdout

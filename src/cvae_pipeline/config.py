@@ -177,20 +177,54 @@ class TrainParams(_Section):
     sample_every: StrictInt = knob("log a 10x10 class-by-row sample grid every N epochs (and after the last)", ge=1)
 
 
+class PriorParams(_Section):
+    """``prior``: the latent density ``sample`` draws from, fitted on the encoded training set."""
+
+    kind: Literal["diffusion", "gmm", "none"] = knob(
+        "diffusion (a class-conditional denoiser over z) | gmm (per-class Gaussian mixtures) | none (no fitted "
+        "density: sample.latents must be model)"
+    )
+    gmm_components: StrictInt = knob("mixture components per class of kind: gmm", ge=1, le=256)
+    width: StrictInt = knob("hidden units of the denoiser MLP (kind: diffusion)", ge=8, le=8192)
+    blocks: StrictInt = knob("adaptive-LayerNorm residual blocks of the denoiser", ge=1, le=64)
+    epochs: StrictInt = knob("passes over the encoded training set", ge=1)
+    batch_size: StrictInt = knob("latents per optimiser step", ge=1)
+    lr: float = knob("peak learning rate of AdamW (5 % linear warm-up, then cosine decay to 0)", gt=0, le=1)
+    weight_decay: float = knob("AdamW's decoupled weight decay", ge=0)
+    ema_decay: float | None = knob("decay of the weights' moving average that samples; null = off", gt=0, lt=1)
+    label_dropout: float = knob(
+        "share of training labels replaced by the null class, so the denoiser also learns p(z) for guidance",
+        ge=0,
+        lt=1,
+    )
+    timesteps: StrictInt = knob("steps of the cosine noise schedule", ge=2, le=100_000)
+    prediction: Literal["eps", "v"] = knob("what the denoiser predicts: eps (the noise) | v (Salimans & Ho)")
+    augment: Literal["none", "hflip"] = knob("none | hflip: the mirrored training images' latents are added")
+    seed: StrictInt = knob("seed of the weights, the batch order and every noise draw", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto (CUDA when present) | cpu | cuda")
+
+
 class SampleParams(_Section):
     """``sample``: the generated set that ``evaluate`` scores."""
 
     per_class: StrictInt = knob("images generated per class (1000 = the FID-10k protocol)", ge=2)
+    latents: Literal["fitted", "model"] = knob(
+        "fitted (the prior stage's density, prior.kind) | model (the trained model's own p(z|y))"
+    )
     temperature: float = knob(
-        "scale of the latent draw: the prior's base std, or the GMM components' spread (latents: gmm)", ge=0
+        "scale of the latent draw: the diffusion prior's initial noise, the GMM components' spread, "
+        "or the model prior's base std",
+        ge=0,
     )
-    latents: Literal["prior", "gmm"] = knob(
-        "prior (the model's p(z|y)) | gmm (a per-class Gaussian mixture fitted on the encoded training split)"
+    steps: StrictInt = knob("deterministic DDIM steps of the diffusion prior", ge=1, le=10_000)
+    guidance: float = knob(
+        "classifier-free guidance scale of the diffusion prior: 1 = the conditional model, 0 = unconditional",
+        ge=0,
+        le=100,
     )
-    gmm_components: StrictInt = knob("mixture components per class of latents: gmm", ge=1, le=256)
     decoder_output: Literal["mean", "sample"] = knob("mean (the decoder's mean image) | sample (a draw from p(x|z,y))")
     seed: StrictInt = knob("seed of the latent draws", ge=0)
-    batch_size: StrictInt = knob("images decoded (and training images encoded) per batch", ge=1)
+    batch_size: StrictInt = knob("images drawn and decoded per batch", ge=1)
 
 
 class EvaluateParams(_Section):
@@ -207,7 +241,8 @@ class EvaluateParams(_Section):
     iw_samples: StrictInt = knob("importance samples of the test-set likelihood bound", ge=1)
     likelihood_images: StrictInt | None = knob("test images for the likelihood bounds (stratified); null = all", ge=1)
     reconstruction_fid: StrictBool = knob(
-        "also the FID of those images' reconstructions: how good samples can get with this decoder"
+        "also the floor: FIDs of test reconstructions at the posterior mean and of decodes of posterior draws, "
+        "as many images as the samples (costs two more Inception passes)"
     )
 
 
@@ -228,9 +263,19 @@ class PipelineParams(_Section):
     prepare: PrepareParams = knob("decoding, validation split and subsets")
     model: ModelParams = knob("the CVAE")
     train: TrainParams = knob("its training")
+    prior: PriorParams = knob("the latent density the samples are drawn from")
     sample: SampleParams = knob("the generated set evaluate scores")
     evaluate: EvaluateParams = knob("the metrics")
     mlflow: MlflowParams = knob("tracking and registry")
+
+    @model_validator(mode="after")
+    def _sampling_has_a_density(self) -> PipelineParams:
+        if self.sample.latents == "fitted" and self.prior.kind == "none":
+            raise ValueError(
+                "sample.latents 'fitted' needs a fitted density but prior.kind is 'none'; "
+                "set sample.latents: model or prior.kind: diffusion"
+            )
+        return self
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

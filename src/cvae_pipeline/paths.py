@@ -23,6 +23,15 @@ TRAIN_HISTORY = TRAIN_REPORTS / "history.csv"
 TRAIN_GRID = TRAIN_REPORTS / "samples.png"
 TRAIN_METRICS = TRAIN_REPORTS / "metrics.json"
 
+PRIOR_FILE = Path("models/prior.pt")
+PRIOR_CHECKPOINT = Path("models/checkpoints/prior_last.pt")  # the prior's resume file, no DVC output either
+# the run the prior logged to (the training's, or one nested under it): sample logs beside it
+PRIOR_RUN_FILE = Path("models/prior_run.json")
+PRIOR_REPORTS = Path("reports/prior")
+PRIOR_HISTORY = PRIOR_REPORTS / "history.csv"
+PRIOR_GRID = PRIOR_REPORTS / "samples.png"
+PRIOR_METRICS = PRIOR_REPORTS / "metrics.json"
+
 SAMPLES_DIR = Path("data/samples")
 SAMPLES_GRID = Path("reports/samples/grid.png")
 

@@ -2,8 +2,8 @@
 
 uint8 images and int64 labels as ``.npy`` (the prepared data's format), the class names, what the
 images are (``sampling.json``: latents from where, decoder mean or draw, temperature), and beside
-them the files that say how to reproduce and serve them: the fitted latent GMM, the MLflow run they
-were logged to and the logged generator that ships that GMM (what ``evaluate`` registers).
+them the files that say where they were logged: the MLflow run, and the logged generator that ships
+the model with its fitted prior (what ``evaluate`` registers).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.npy"
 CLASSES_FILE = "classes.json"
 SAMPLING_FILE = "sampling.json"
-GMM_FILE = "latent_gmm.npz"
 GENERATOR_FILE = "generator.json"  # {"model_uri": ...}: the logged generator, what evaluate registers
 RUN_FILE = "mlflow_run.json"  # the run ``sample`` logged to; ``evaluate`` logs there too
 

@@ -36,7 +36,7 @@ def generate(
     decoder_output: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` images of every class, class-major order: (uint8 [N,3,32,32], int64 [N]).
-    ``latents``: draw z from this instead of the model's prior (an ex-post ``ClassGMM``)."""
+    ``latents``: draw z from this instead of the model's prior (a fitted prior's sampler)."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -58,22 +58,35 @@ def generate(
 
 @torch.no_grad()
 def reconstruct_set(
-    model: BaseCVAE, images: np.ndarray, labels: np.ndarray, batch_size: int = 500, progress: bool = True
+    model: BaseCVAE,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 500,
+    progress: bool = True,
+    posterior_draws: bool = False,
+    seed: int = 0,
 ) -> np.ndarray:
-    """The decoder mean at the posterior's central latent of every image, uint8 like ``generate``'s.
+    """The decoder mean at the posterior's central latent of every image — or, with ``posterior_draws``,
+    at a draw z ~ q(z|x, y) (seeded) — uint8 like ``generate``'s.
 
-    Their FID against the reference (``evaluate.reconstruction_fid``) tells the decoder's share of a
-    sample FID from the latents': samples can only be as good as what the decoder makes of the
-    latents it was trained on, so a better prior or ex-post density cannot bring the sample FID much
-    below it — only a better decoder can.
+    Their FIDs against the reference (``evaluate.reconstruction_fid``) are the floor of the sample FID:
+    a prior trained on these encodings at best reproduces the posterior draws' distribution, so its
+    samples cannot score better than the draws' decodes; the means' decodes show what the decoder
+    makes of its cleanest inputs. Only a better decoder or encoder moves them.
     """
     model.eval()
     device = next(model.parameters()).device
     batches = BatchStream(images, labels, batch_size, device, shuffle=False)
-    chunks = [
-        to_uint8(model.reconstruct(x, y))
-        for x, y in tqdm(batches, desc="reconstruct", unit="batch", mininterval=2.0, disable=not progress)
-    ]
+    what = "decode posterior draws" if posterior_draws else "reconstruct"
+    chunks = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for x, y in tqdm(batches, desc=what, unit="batch", mininterval=2.0, disable=not progress):
+            if posterior_draws:
+                z, _ = model.draw_latent(model.encode(x, y))
+                chunks.append(to_uint8(model.likelihood.mean(model.decode(z, y))))
+            else:
+                chunks.append(to_uint8(model.reconstruct(x, y)))
     return np.concatenate(chunks)
 
 
@@ -88,19 +101,22 @@ def grid_of(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row: i
     return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
-def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prepared_dir) -> tuple[SampleSet, object | None]:
-    """The ``sample`` stage's set under ``cfg`` (``SampleParams``), and the latent GMM it fitted (or None).
+def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prior_file, model_sha256: str) -> SampleSet:
+    """The ``sample`` stage's set under ``cfg`` (``SampleParams``): latents from the prior stage's
+    density in ``prior_file`` (``cfg.latents == "fitted"``) or from the model's own prior."""
+    from .errors import PipelineError
+    from .prior import load_prior
 
-    With ``cfg.latents == "gmm"`` the per-class mixtures are fitted here, on the encoded training split."""
-    from .data.prepared import load_prepared
-    from .expost import ClassGMM, encode_dataset
-
-    gmm = None
-    if cfg.latents == "gmm":
-        train = load_prepared(prepared_dir, "train")
-        latents = encode_dataset(model, train.images, train.labels, cfg.batch_size)
-        gmm = ClassGMM.fit(latents, train.labels, len(classes), cfg.gmm_components, cfg.seed)
-        print(f"fitted {cfg.gmm_components}-component GMMs per class on {len(latents)} encoded training images")
+    sampler, described = None, "model prior"
+    if cfg.latents == "fitted":
+        kind, prior = load_prior(prior_file, model_sha256)
+        if prior is None:
+            raise PipelineError(
+                f"{prior_file} holds no density (prior.kind: {kind}); set sample.latents: model, or "
+                "prior.kind: diffusion and run `dvc repro prior`"
+            )
+        prior.to(next(model.parameters()).device)
+        sampler, described = prior.sampler(cfg.steps, cfg.guidance), prior.describe(cfg.steps, cfg.guidance)
     images, labels = generate(
         model,
         len(classes),
@@ -108,12 +124,12 @@ def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prepared_dir) -> t
         cfg.temperature,
         cfg.seed,
         cfg.batch_size,
-        latents=gmm,
+        latents=sampler,
         decoder_output=cfg.decoder_output,
     )
     sampling = {
-        "latents": "model prior" if gmm is None else f"ex-post GMM ({cfg.gmm_components} per class)",
+        "latents": described,
         "images": DECODER_OUTPUT_MEANING[cfg.decoder_output],
         "temperature": cfg.temperature,
     }
-    return SampleSet(images, labels, list(classes), sampling), gmm
+    return SampleSet(images, labels, list(classes), sampling)

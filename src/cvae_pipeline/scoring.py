@@ -44,16 +44,26 @@ def score(cfg: EvaluateParams, device) -> dict:
         test_images, test_labels = test_images[idx], test_labels[idx]
     metrics.update(likelihood_metrics(model, test_images, test_labels, cfg.iw_samples, device=device))
     if cfg.reconstruction_fid:
-        recon = Statistics.of(
-            inception(reconstruct_set(model, test_images, test_labels), desc="inception reconstructions")
-        )
-        metrics["reconstruction_fid"] = frechet_distance(
-            recon.mu, recon.sigma, reference_stats.mu, reference_stats.sigma
-        )
-        metrics["reconstruction_fid_images"] = recon.count
+        metrics.update(floor(model, test.images, test.labels, len(samples.labels), reference_stats, inception))
     if samples.sampling:
         metrics["samples"] = samples.sampling
     return metrics
+
+
+def floor(model, images, labels, count: int, reference_stats: Statistics, inception) -> dict:
+    """The FIDs a prior over this model's latents can at best reach, on ``count`` test images (as many
+    as the samples, stratified, so the figures compare at the same sample size): the decodes of the
+    posterior means (reconstructions) and of posterior draws z ~ q(z|x, y)."""
+    if count < len(labels):
+        idx = stratified_subset(labels, count, seed=0, what="the floor's test images")
+        images, labels = images[idx], labels[idx]
+    out = {}
+    for key, draws in (("reconstruction_fid", False), ("posterior_draw_fid", True)):
+        decoded = reconstruct_set(model, images, labels, posterior_draws=draws)
+        stats = Statistics.of(inception(decoded, desc=f"inception {key.removesuffix('_fid').replace('_', ' ')}s"))
+        out[key] = frechet_distance(stats.mu, stats.sigma, reference_stats.mu, reference_stats.sigma)
+    out["reconstruction_fid_images"] = len(labels)
+    return out
 
 
 def protocol(metrics: dict, reference: str) -> str:
@@ -92,5 +102,8 @@ def summary(metrics: dict) -> str:
     )
     if "reconstruction_fid" in metrics:
         images = metrics["reconstruction_fid_images"]
-        line += f"\nreconstruction FID {metrics['reconstruction_fid']:.2f} ({images} test images)"
+        line += (
+            f"\nfloor: reconstructions FID {metrics['reconstruction_fid']:.2f}, posterior draws FID "
+            f"{metrics['posterior_draw_fid']:.2f} ({images} test images)"
+        )
     return line

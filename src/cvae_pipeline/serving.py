@@ -4,11 +4,12 @@
 call ``CVAEGenerator.predict``. Input: class names or indices — a list, an
 array, or a DataFrame with a ``label`` column (what a served model receives from
 ``{"dataframe_records": [{"label": "cat"}, {"label": 3}]}``). Optional params
-``seed`` (same seed + labels -> same images), ``temperature`` (the latent density's scale) and
-``latents``: ``gmm`` draws z from the per-class GMM of ``sample.latents: gmm`` when the model ships
-one (the default then), ``prior`` from the model's prior. The default temperature is the one the
-``sample`` stage scored (``sample.temperature``, shipped as the model's ``settings`` artifact; 1.0 for the model the
-training logs), so by default the served images are the evaluated ones.
+``seed`` (same seed + labels -> same images), ``temperature`` (the latent density's scale),
+``steps`` and ``guidance`` (the diffusion prior's sampler) and ``latents``: ``fitted`` draws z from
+the prior stage's density (``models/prior.pt``) when the model ships one (the default then),
+``model`` from the model's own prior. The defaults are the settings the ``sample`` stage scored
+(shipped as the model's ``settings`` artifact; the model the training logs ships no prior), so by
+default the served images are the evaluated ones: for a seed, exactly what ``sample`` drew.
 Output: float32 images ``[N, 3, 32, 32]`` in [0, 1], the decoder's mean.
 
 A custom ``PythonModel`` rather than the ``mlflow.pytorch`` flavour, because
@@ -36,8 +37,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 MAX_IMAGES_PER_REQUEST = 10_000
-GMM_ARTIFACT = "latent_gmm"  # the optional artifact: the per-class GMM that sample.latents: gmm fitted
-SETTINGS_ARTIFACT = "settings"  # {"temperature": the one the generator's samples were scored at}
+PRIOR_ARTIFACT = "prior"  # the optional artifact: models/prior.pt, the density sample.latents: fitted draws from
+SETTINGS_ARTIFACT = "settings"  # {"temperature", "steps", "guidance"}: what the generator's samples were scored at
+#: the sampler settings a request may override, with their types and the defaults of a generator without settings
+SAMPLER_DEFAULTS = {"temperature": 1.0, "steps": 50, "guidance": 1.0}
+MAX_STEPS = 1000
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -85,30 +89,40 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from .expost import ClassGMM
         from .models.artifact import load_trained_model
+        from .prior import load_prior
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.classes = load_trained_model(Path(context.artifacts["model"]), self.device)
-        gmm_file = context.artifacts.get(GMM_ARTIFACT)
-        self.gmm = ClassGMM.load(gmm_file) if gmm_file else None
+        prior_file = context.artifacts.get(PRIOR_ARTIFACT)
+        self.prior = load_prior(Path(prior_file))[1].to(self.device) if prior_file else None
         settings_file = context.artifacts.get(SETTINGS_ARTIFACT)
         settings = json.loads(Path(settings_file).read_text()) if settings_file else {}
-        self.default_temperature = float(settings.get("temperature", 1.0))
+        self.defaults = {key: settings.get(key, value) for key, value in SAMPLER_DEFAULTS.items()}
+
+    def _setting(self, params: dict, key: str, cast, valid, rule: str):
+        raw = params.get(key)
+        try:
+            value = cast(self.defaults[key] if raw is None else raw)
+        except (TypeError, ValueError):
+            raise _bad_request(f"{key} must be {rule}, got {raw!r}") from None
+        if not valid(value):
+            raise _bad_request(f"{key} must be {rule}, got {raw!r}")
+        return value
 
     def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
         params = params or {}
         labels = parse_labels(model_input, self.classes)
-        temperature = float(params.get("temperature", self.default_temperature))
-        if not temperature > 0:
-            raise _bad_request(f"temperature must be > 0, got {temperature}")
-        latents = params.get("latents") or ("gmm" if self.gmm is not None else "prior")
-        if latents not in ("gmm", "prior"):
-            raise _bad_request(f"latents must be 'gmm' or 'prior', got {latents!r}")
-        if latents == "gmm" and self.gmm is None:
+        temperature = self._setting(params, "temperature", float, lambda v: 0 < v < 1e3, "a number in (0, 1000)")
+        steps = self._setting(params, "steps", int, lambda v: 1 <= v <= MAX_STEPS, f"an integer 1-{MAX_STEPS}")
+        guidance = self._setting(params, "guidance", float, lambda v: 0 <= v <= 100, "a number in [0, 100]")
+        latents = params.get("latents") or ("fitted" if self.prior is not None else "model")
+        if latents not in ("fitted", "model"):
+            raise _bad_request(f"latents must be 'fitted' or 'model', got {latents!r}")
+        if latents == "fitted" and self.prior is None:
             raise _bad_request(
-                "latents='gmm': this model ships no GMM (it was not sampled with "
-                "sample.latents: gmm); use latents='prior'"
+                "latents='fitted': this model ships no fitted prior (it is the training's, not sample's); "
+                "use latents='model'"
             )
         seed = params.get("seed")
         generator = torch.Generator(device=self.device)
@@ -116,30 +130,28 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
             generator.manual_seed(int(seed))
         else:
             generator.seed()
+        sampler = self.prior.sampler(steps, guidance) if latents == "fitted" else None
         with torch.inference_mode():
-            images = self.model.sample(
-                torch.from_numpy(labels),
-                temperature,
-                generator=generator,
-                latents=self.gmm if latents == "gmm" else None,
-            )
+            images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator, latents=sampler)
         return images.float().cpu().numpy()
 
 
-def signature(temperature: float = 1.0):
+def signature(settings: dict):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     # no input schema: labels arrive as a list/array ({"inputs": [...]}) or as a DataFrame with a
     # 'label' column ({"dataframe_records": ...}); parse_labels checks either and names the problem.
-    # latents "" = the model's own choice (its GMM when it ships one), so one signature fits both
+    # latents "" = the model's own choice (its fitted prior when it ships one), so one signature fits both
     return ModelSignature(
         inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, 32, 32))]),
         params=ParamSchema(
             [
                 ParamSpec("seed", "long", -1),
-                ParamSpec("temperature", "double", float(temperature)),
+                ParamSpec("temperature", "double", float(settings["temperature"])),
+                ParamSpec("steps", "long", int(settings["steps"])),
+                ParamSpec("guidance", "double", float(settings["guidance"])),
                 ParamSpec("latents", "string", ""),
             ]
         ),
@@ -147,15 +159,22 @@ def signature(temperature: float = 1.0):
 
 
 def log_generator(
-    model_file: Path, classes: list[str], name: str = "model", latent_gmm: Path | None = None, temperature: float = 1.0
+    model_file: Path,
+    classes: list[str],
+    name: str = "model",
+    prior_file: Path | None = None,
+    settings: dict | None = None,
+    described: str = "model prior",
 ):
     """Log ``model_file`` as a pyfunc generator in the active run; returns MLflow's ModelInfo.
 
-    ``latent_gmm``: a ``ClassGMM`` file to ship with it, so the served model draws its latents
-    from the same ex-post density as the evaluated samples (the ``sample`` stage does this), at
-    ``temperature`` unless a request says otherwise."""
+    ``prior_file``: the fitted prior (``models/prior.pt``) to ship with it, so the served model draws
+    its latents from the same density as the evaluated samples (the ``sample`` stage does this), with
+    the sampler ``settings`` (temperature, steps, guidance) unless a request says otherwise;
+    ``described``: what the latents are, for the model's metadata."""
     import torchvision
 
+    settings = SAMPLER_DEFAULTS | (settings or {})
     package_dir = Path(__file__).resolve().parent
     requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
@@ -164,36 +183,33 @@ def log_generator(
         f"mlflow=={mlflow.__version__}",
         "pydantic>=2.6",
     ]
-    # the default temperature travels as an artifact, not as ``model_config``: MLflow logs a model_config
-    # as run params, and a second generator in the same run (sample's, after train's) would then clash
-    # with the first one's "temperature" param
+    # the defaults travel as an artifact, not as ``model_config``: MLflow logs a model_config as run
+    # params, and a second generator in the same run (sample's, after train's) would then clash with
+    # the first one's params
     settings_dir = Path(tempfile.mkdtemp(prefix="generator-settings-"))
-    settings = settings_dir / "settings.json"
-    settings.write_text(json.dumps({"temperature": float(temperature)}) + "\n")
-    artifacts = {"model": str(model_file), SETTINGS_ARTIFACT: str(settings)}
-    if latent_gmm:
-        artifacts[GMM_ARTIFACT] = str(latent_gmm)
+    settings_file = settings_dir / "settings.json"
+    settings_file.write_text(json.dumps(settings) + "\n")
+    artifacts = {"model": str(model_file), SETTINGS_ARTIFACT: str(settings_file)}
+    if prior_file:
+        artifacts[PRIOR_ARTIFACT] = str(prior_file)
     try:
-        return _log_model(name, package_dir, artifacts, temperature, classes, requirements, latent_gmm is not None)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(package_dir / "mlflow_model.py"),  # model from code: nothing pickled
+            artifacts=artifacts,
+            code_paths=[str(package_dir)],
+            signature=signature(settings),
+            input_example=list(classes[:2]),
+            pip_requirements=requirements,
+            metadata={
+                "classes": list(classes),
+                "input": "class names or indices (column 'label')",
+                "params": "seed (int, -1 = random), temperature (float), steps (int), guidance (float), "
+                "latents (fitted | model)",
+                "defaults": settings,
+                "latents": described,
+                "output": "float32 images [N,3,32,32] in [0,1]",
+            },
+        )
     finally:
         shutil.rmtree(settings_dir, ignore_errors=True)
-
-
-def _log_model(name, package_dir, artifacts, temperature, classes, requirements, ships_gmm: bool):
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(package_dir / "mlflow_model.py"),  # model from code: nothing pickled
-        artifacts=artifacts,
-        code_paths=[str(package_dir)],
-        signature=signature(temperature),
-        input_example=list(classes[:2]),
-        pip_requirements=requirements,
-        metadata={
-            "classes": list(classes),
-            "input": "class names or indices (column 'label')",
-            "params": "seed (int, -1 = random), temperature (float), latents (gmm | prior)",
-            "default_temperature": float(temperature),
-            "latents": "ex-post per-class GMM" if ships_gmm else "model prior",
-            "output": "float32 images [N,3,32,32] in [0,1]",
-        },
-    )

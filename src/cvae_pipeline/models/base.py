@@ -50,7 +50,7 @@ class Posterior(NamedTuple):
 
 
 class LatentSampler(Protocol):
-    """Anything that draws latents for labels: the model's prior, or an ex-post density (``cvae_pipeline.expost``)."""
+    """Anything that draws latents for labels: the model's prior, or a fitted prior (``cvae_pipeline.prior``)."""
 
     def sample(
         self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
@@ -180,7 +180,7 @@ class BaseCVAE(nn.Module):
         """Images in [0, 1] for the given class labels.
 
         z comes from the prior at ``temperature`` (its base distribution's std), or from
-        ``latents`` (an ex-post density); the image is the decoder's mean (``decoder_output="mean"``,
+        ``latents`` (a fitted prior's sampler); the image is the decoder's mean (``decoder_output="mean"``,
         the default: what VAE papers show) or a draw from the likelihood (``"sample"``).
         """
         if decoder_output not in ("mean", "sample"):

@@ -1,11 +1,12 @@
 """The run file a stage leaves for the next: which MLflow run it logged to.
 
 ``train`` writes ``models/mlflow_run.json`` (kept in git, so an applied experiment's later stages
-log beside the run it trained in); ``sample`` writes ``data/samples/mlflow_run.json`` for
-``evaluate``. It holds ids only, never the tracking URI: a tracked file must not carry a machine's
-path, and the store is whatever this machine's ``MLFLOW_TRACKING_URI`` (or its local SQLite file)
-says. A run id this store does not know — a clone that pulled the model from a DVC remote, but
-not the git-ignored ``mlflow.db`` — is handled by :func:`.runs.recorded_run`.
+log beside the run it trained in), ``prior`` writes ``models/prior_run.json`` for ``sample``, and
+``sample`` writes ``data/samples/mlflow_run.json`` for ``evaluate``. It holds ids only, never the
+tracking URI: a tracked file must not carry a machine's path, and the store is whatever this
+machine's ``MLFLOW_TRACKING_URI`` (or its local SQLite file) says. A run id this store does not
+know — a clone that pulled the model from a DVC remote, but not the git-ignored ``mlflow.db`` — is
+handled by :func:`.runs.recorded_run`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from ..io import write_json_atomic
-from ..paths import TRAIN_RUN_FILE
+from ..paths import PRIOR_RUN_FILE, TRAIN_RUN_FILE
 
 
 def write_run_file(
@@ -27,7 +28,7 @@ def write_run_file(
 
 def read_run_file(path: Path = TRAIN_RUN_FILE) -> dict:
     path = Path(path)
-    stage = "train" if Path(path) == TRAIN_RUN_FILE else "sample"  # the stage that writes it
+    stage = {TRAIN_RUN_FILE: "train", PRIOR_RUN_FILE: "prior"}.get(path, "sample")  # the stage that writes it
     if not path.is_file():
         raise PipelineError(f"{path}: missing; run `dvc repro {stage}` first")
     try:

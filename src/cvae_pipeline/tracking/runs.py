@@ -1,7 +1,7 @@
 """Which MLflow run a stage logs into.
 
-``train`` starts the run (or resumes its checkpoint's). ``sample`` and ``evaluate`` log into the run
-the previous stage's run file names — unless that run already holds results made with other settings
+``train`` starts the run (or resumes its checkpoint's). ``prior``, ``sample`` and ``evaluate`` log into
+the run the previous stage's run file names — unless that run already holds results made with other settings
 (then a new run nested under it), or this store does not know it (a clone that pulled the model from
 a DVC remote but not the git-ignored ``mlflow.db``: then a new top-level run that names the training
 run it came from), or tracking is off (``mlflow.required: false`` and no store: no run at all).
@@ -109,7 +109,9 @@ def results_run(
             yield parent
             return
         name = _run_name(f"{parent.info.run_name} " + ", ".join(f"{key}={value}" for key, value in changed.items()))
-        inherited = {key: value for key, value in parent.data.tags.items() if key.startswith(("sample.", "samples."))}
+        inherited = {
+            key: value for key, value in parent.data.tags.items() if key.startswith(("prior.", "sample.", "samples."))
+        }
         tags = (
             inherited | run_tags(stage) | {"trained_in_run": parent.data.tags.get("trained_in_run", parent.info.run_id)}
         )

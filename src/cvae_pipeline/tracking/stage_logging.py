@@ -14,11 +14,11 @@ def log_samples(
     sampling: dict,
     model_file: Path,
     classes: list[str],
-    gmm_file: Path | None,
-    temperature: float,
+    prior_file: Path | None,
+    sampler_settings: dict,
 ) -> str:
     """The sample grid, the sampling settings as tags, and the generator that draws what was sampled
-    (the model with its latent GMM, at the scored temperature); returns the generator's model URI."""
+    (the model with its fitted prior, at the scored sampler settings); returns the generator's model URI."""
     import mlflow
 
     from ..serving import log_generator
@@ -26,7 +26,7 @@ def log_samples(
     mlflow.log_image(grid, artifact_file="samples/final_grid.png")
     mlflow.set_tags(settings)
     mlflow.set_tags({"samples.latents": sampling["latents"], "samples.images": sampling["images"]})
-    info = log_generator(model_file, classes, name="generator", latent_gmm=gmm_file, temperature=temperature)
+    info = log_generator(model_file, classes, "generator", prior_file, sampler_settings, sampling["latents"])
     return info.model_uri
 
 

@@ -23,8 +23,14 @@ def git_commit() -> str | None:
 
 
 def run_tags(stage: str) -> dict[str, str]:
-    """Tags that say where a run came from: commit, DVC experiment, baseline, machine."""
-    tags = {"stage": stage, "machine": f"{socket.gethostname()} ({platform.machine()}, {os.cpu_count()} cpus)"}
+    """Tags that say where a run came from: commit, DVC experiment, baseline, machine and its CPU."""
+    from ..runtime import cpu_description
+
+    tags = {
+        "stage": stage,
+        "machine": f"{socket.gethostname()} ({platform.machine()}, {os.cpu_count()} cpus)",
+        "cpu": cpu_description(),
+    }
     if commit := git_commit():
         tags["git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit

@@ -1,32 +1,20 @@
-"""An ex-post latent density: one Gaussian mixture per class, fitted on the encoded training set.
+"""An ex-post latent density: one Gaussian mixture per class, fitted on the encoded training set
+(``prior.kind: gmm``).
 
-A VAE's aggregate posterior q(z|y) rarely fills the N(0, I) prior; prior draws that land
-where no training image was encoded decode to blurry "in-between" images. Fitting a density
-to where the encoder actually puts each class and sampling from it (RAE's GMM, Ghosh et al.
-2020; in spirit the two-stage VAE of Dai & Wipf 2019) fixes that at sampling time without
-retraining — which is why it is a ``sample`` option (``sample.latents: gmm``), cheap to
-sweep, and lives outside ``models/`` (whose code the ``train`` stage depends on). It is not the
-prior of the ELBO: the likelihood bounds stay those of the trained model.
-The mixtures are scikit-learn's ``GaussianMixture``; sampling is re-implemented in torch
-only so that it follows the seeded torch generator of the rest of sampling.
+A VAE's aggregate posterior q(z|y) rarely fills the N(0, I) prior; prior draws that land where no
+training image was encoded decode to "in-between" images. Fitting a density to where the encoder puts
+each class and sampling from it (RAE's GMM, Ghosh et al. 2020; the two-stage VAE of Dai & Wipf 2019)
+fixes part of that without retraining. It is the cheap baseline of the ``prior`` stage: a diffusion
+prior (``diffusion.py``) models the same density far better in 256 dimensions. It is not the prior of
+the ELBO: the likelihood bounds stay those of the trained model. The mixtures are scikit-learn's
+``GaussianMixture``; sampling is re-implemented in torch only so that it follows the seeded torch
+generator of the rest of sampling.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-from .batches import BatchStream
-from .models import BaseCVAE
-
-
-@torch.no_grad()
-def encode_dataset(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """The posterior's central latent of every image (uint8 [N, 3, 32, 32]), [N, latent_dim]."""
-    model.eval()
-    device = next(model.parameters()).device
-    batches = BatchStream(images, labels, batch_size, device, shuffle=False)
-    return np.concatenate([model.encode_latents(x, y).cpu().numpy() for x, y in batches])
 
 
 class ClassGMM:
@@ -47,8 +35,8 @@ class ClassGMM:
             z = latents[labels == c]
             if len(z) < components:
                 raise ValueError(
-                    f"class {c} has {len(z)} encoded images, fewer than sample.gmm_components="
-                    f"{components}; lower sample.gmm_components"
+                    f"class {c} has {len(z)} encoded images, fewer than prior.gmm_components="
+                    f"{components}; lower prior.gmm_components"
                 )
             gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(z)
             weights.append(gmm.weights_)
@@ -68,11 +56,3 @@ class ClassGMM:
         chol = self.cholesky.to(device)[labels, component]
         eps = torch.randn(means.shape, generator=generator, device=gen_device).to(device)
         return means + temperature * (chol @ eps.unsqueeze(-1)).squeeze(-1)
-
-    def save(self, path) -> None:
-        np.savez(path, weights=self.weights.numpy(), means=self.means.numpy(), covariances=self.covariances.numpy())
-
-    @classmethod
-    def load(cls, path) -> ClassGMM:
-        with np.load(path) as data:
-            return cls(data["weights"], data["means"], data["covariances"])

@@ -1,0 +1,129 @@
+"""Where the samples stand between the latent densities and the floor, on one trained model.
+
+    python benchmarks/prior_sweep.py [--per-class 200] [--guidance 1 2 3 4 5] [--gmm] [--model-prior] [--floor]
+
+Run in a workspace where ``dvc repro prior fid_reference`` has run (``models/model.pt``,
+``models/prior.pt``, ``data/fid_reference``). For each row it draws ``--per-class`` images per class
+with the same seed, computes their Inception features once and scores them like ``evaluate``: FID
+(FID-2k at the default 200 per class, against the reference statistics), KID, class consistency,
+precision and recall. Rows:
+
+* ``diffusion g=G``: the workspace's fitted prior at ``sample.steps`` and guidance G, temperature 1;
+* ``gmm``: 10-component per-class GMMs fitted here on the encoded training set, temperature 0.85
+  (the pipeline's GMM default before the diffusion prior);
+* ``model prior``: z ~ N(0, I);
+* ``floor: reconstructions`` / ``floor: posterior draws``: as many stratified test images decoded at
+  their posterior mean / at a draw z ~ q(z|x, y) (``evaluate.reconstruction_fid``'s figures).
+
+One Inception network, loaded once; every row's seconds (drawing + decoding, then features) are
+printed with the CPU. Run it alone: a concurrent heavy job slows both several times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from cvae_pipeline import paths  # noqa: E402
+from cvae_pipeline.config import load_params  # noqa: E402
+from cvae_pipeline.data.prepared import load_prepared  # noqa: E402
+from cvae_pipeline.data.sources import file_checksum  # noqa: E402
+from cvae_pipeline.data.splits import stratified_subset  # noqa: E402
+from cvae_pipeline.metrics.class_consistency import LinearProbe  # noqa: E402
+from cvae_pipeline.metrics.evaluation import sample_quality  # noqa: E402
+from cvae_pipeline.metrics.fid import Statistics  # noqa: E402
+from cvae_pipeline.metrics.inception import InceptionFeatures  # noqa: E402
+from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet  # noqa: E402
+from cvae_pipeline.models.artifact import load_trained_model  # noqa: E402
+from cvae_pipeline.prior import ClassGMM, load_prior  # noqa: E402
+from cvae_pipeline.prior.encoding import encode_central  # noqa: E402
+from cvae_pipeline.runtime import cpu_description  # noqa: E402
+from cvae_pipeline.sampling import generate, reconstruct_set  # noqa: E402
+
+GMM_COMPONENTS, GMM_TEMPERATURE = 10, 0.85
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, 2.0, 3.0, 4.0, 5.0])
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: sample.steps)")
+    parser.add_argument("--gmm", action="store_true", help="also the per-class GMM row")
+    parser.add_argument("--model-prior", action="store_true", help="also the N(0, I) row")
+    parser.add_argument("--floor", action="store_true", help="also the two floor rows")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    steps = args.steps or params.sample.steps
+    torch.manual_seed(args.seed)
+    model, classes = load_trained_model(paths.MODEL_FILE, "cpu")
+    _, prior = load_prior(paths.PRIOR_FILE, file_checksum(paths.MODEL_FILE, "sha256"))
+    reference = FeatureSet.load(paths.FID_REFERENCE_DIR / FEATURES_FILE)
+    reference_stats = Statistics.load(paths.FID_REFERENCE_DIR / STATS_FILE)
+    probe = LinearProbe.load(paths.FID_REFERENCE_DIR / PROBE_FILE)
+    inception = InceptionFeatures(torch.device("cpu"), params.evaluate.batch_size)
+    n = args.per_class * len(classes)
+    print(f"{cpu_description()}; torch {torch.__version__}; {n} images per row, seed {args.seed}", flush=True)
+
+    rows: list[tuple[str, callable]] = []
+    for g in args.guidance:
+        rows.append(
+            (f"diffusion g={g:g} ({steps} steps)", lambda g=g: draw(model, classes, args, prior.sampler(steps, g)))
+        )
+    if args.gmm:
+        rows.append((f"gmm ({GMM_COMPONENTS}/class, t={GMM_TEMPERATURE})", lambda: draw_gmm(model, classes, args)))
+    if args.model_prior:
+        rows.append(("model prior N(0, I)", lambda: draw(model, classes, args, None)))
+    if args.floor:
+        test = load_prepared(paths.PREPARED_DIR, "test")
+        idx = stratified_subset(test.labels, min(n, len(test.labels)), seed=0, what="floor images")
+        for name, draws in (("floor: reconstructions", False), ("floor: posterior draws", True)):
+            rows.append(
+                (
+                    name,
+                    lambda draws=draws: (
+                        reconstruct_set(model, test.images[idx], test.labels[idx], posterior_draws=draws),
+                        test.labels[idx],
+                    ),
+                )
+            )
+
+    print("| latents | FID | KID | class consistency | precision | recall | draw s | features s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, make in rows:
+        start = time.perf_counter()
+        images, labels = make()
+        drawn = time.perf_counter() - start
+        fake = FeatureSet(inception(images, desc=name), labels, classes)
+        featured = time.perf_counter() - start - drawn
+        m = sample_quality(reference, reference_stats, probe, fake, params.evaluate)
+        print(
+            f"| {name} | {m['fid']:.2f} | {m['kid_mean']:.4f} ± {m['kid_std']:.4f} | {m['class_consistency']:.3f} | "
+            f"{m['precision']:.3f} | {m['recall']:.3f} | {drawn:.0f} | {featured:.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+def draw(model, classes, args, sampler, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    return generate(model, len(classes), args.per_class, temperature, args.seed, progress=False, latents=sampler)
+
+
+def draw_gmm(model, classes, args) -> tuple[np.ndarray, np.ndarray]:
+    train = load_prepared(paths.PREPARED_DIR, "train")
+    latents = encode_central(model, train.images, train.labels)
+    gmm = ClassGMM.fit(latents, train.labels, len(classes), GMM_COMPONENTS, args.seed)
+    return draw(model, classes, args, gmm, GMM_TEMPERATURE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

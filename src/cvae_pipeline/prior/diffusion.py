@@ -1,0 +1,173 @@
+"""A class-conditional diffusion model over the VAE's (standardised) latents, and its sampler.
+
+Why a diffusion prior: the decoder of a VAE is usually far better than the samples it is fed, because
+the aggregate posterior q(z|y) is not the N(0, I) prior (Wehenkel & Louppe 2021; LSGM, Vahdat et al.
+2021). A denoiser over z learns that density as it is. The latent is a flat vector (the 4x8x8 map is
+flattened), small enough that an MLP denoiser conditioned through adaptive LayerNorm (as in MAR's
+``SimpleMLPAdaLN``, Li et al. 2024) costs a few MFLOPs per sample on a CPU.
+
+- Noise schedule: the cosine schedule of Nichol & Dhariwal (2021), ``timesteps`` discrete steps.
+- Target: ``eps`` (the noise) or ``v`` (Salimans & Ho 2022: sqrt(a) eps - sqrt(1-a) x0), whose
+  x0 estimate stays finite at the last, almost pure-noise step.
+- Class conditioning with a learned null class (index ``num_classes``) dropped in at ``label_dropout``
+  during training, so one network is both p(z|y) and p(z): classifier-free guidance (Ho & Salimans
+  2022) mixes the two predictions, ``uncond + guidance * (cond - uncond)``. Guidance 1 is the plain
+  conditional model, 0 the unconditional one.
+- Sampler: deterministic DDIM (Song et al. 2021, eta 0) over ``steps`` evenly spaced timesteps; the
+  randomness is the initial noise only, drawn from the caller's seeded generator and scaled by
+  ``temperature``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: the largest beta of the cosine schedule (Nichol & Dhariwal clip at 0.999 so the last step is not singular)
+MAX_BETA = 0.999
+COSINE_OFFSET = 0.008  # s of the cosine schedule: keeps the first steps' noise from being too small
+
+
+def cosine_alpha_bar(timesteps: int) -> torch.Tensor:
+    """alpha_bar_t (the signal's share of the variance at step t), t = 0..timesteps-1, float64."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64)
+    f = torch.cos((steps / timesteps + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=MAX_BETA)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (float) timesteps, [B, dim] (as in DDPM / DiT)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class AdaLNBlock(nn.Module):
+    """Residual MLP block whose LayerNorm shift, scale and output gate come from the condition.
+
+    The modulation starts at zero, so every block starts as the identity (DiT's adaLN-Zero)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(c).chunk(3, dim=1)
+        return h + gate * self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+class Denoiser(nn.Module):
+    """MLP over the flat latent, conditioned on time and class through adaptive LayerNorm."""
+
+    def __init__(self, dim: int, num_classes: int, width: int, blocks: int):
+        super().__init__()
+        self.dim, self.num_classes, self.width = dim, num_classes, width
+        self.input = nn.Linear(dim, width)
+        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.label = nn.Embedding(num_classes + 1, width)  # the last row is the null class
+        self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(blocks))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.output = nn.Linear(width, dim)
+        for layer in (self.final_modulation[1], self.output):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.time(timestep_embedding(t, self.width)) + self.label(y)
+        h = self.input(x)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_modulation(c).chunk(2, dim=1)
+        return self.output(self.final_norm(h) * (1 + scale) + shift)
+
+
+class GaussianDiffusion:
+    """The forward process, the training loss and the DDIM sampler for one ``Denoiser``."""
+
+    def __init__(self, timesteps: int, prediction: str):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+        self.timesteps = timesteps
+        self.prediction = prediction
+        self.alpha_bar = cosine_alpha_bar(timesteps)
+
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.alpha_bar.to(like.device)[t].to(like.dtype)[:, None]
+        return a.sqrt(), (1 - a).sqrt()
+
+    def loss(
+        self,
+        denoiser: Denoiser,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        label_dropout: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean squared error of the prediction at a uniformly drawn step, every draw from ``generator``."""
+        n = len(x0)
+        t = torch.randint(0, self.timesteps, (n,), generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        if label_dropout > 0:
+            drop = torch.rand(n, generator=generator, device=x0.device) < label_dropout
+            y = torch.where(drop, torch.full_like(y, denoiser.null_class), y)
+        signal, sigma = self._coefficients(t, x0)
+        xt = signal * x0 + sigma * noise
+        target = noise if self.prediction == "eps" else signal * noise - sigma * x0
+        return (denoiser(xt, t, y) - target).pow(2).mean()
+
+    def _guided(self, denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance: float):
+        if guidance == 1:
+            return denoiser(x, t, y)
+        null = torch.full_like(y, denoiser.null_class)
+        if guidance == 0:
+            return denoiser(x, t, null)
+        cond, uncond = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    def schedule(self, steps: int) -> list[int]:
+        """The DDIM timesteps, from the noisiest down to 0: ``steps`` evenly spaced, distinct."""
+        steps = max(1, min(steps, self.timesteps))
+        return sorted({round(s) for s in torch.linspace(self.timesteps - 1, 0, steps).tolist()}, reverse=True)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: Denoiser,
+        y: torch.Tensor,
+        steps: int,
+        guidance: float = 1.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Standardised latents for labels ``y`` by deterministic DDIM; noise from ``generator``."""
+        device = y.device
+        gen_device = generator.device if generator is not None else device
+        x = temperature * torch.randn((len(y), denoiser.dim), generator=generator, device=gen_device).to(device)
+        alpha_bar = self.alpha_bar.to(device)
+        timesteps = self.schedule(steps)
+        for i, step in enumerate(timesteps):
+            a = alpha_bar[step].float()
+            a_prev = alpha_bar[timesteps[i + 1]].float() if i + 1 < len(timesteps) else torch.ones((), device=device)
+            t = torch.full((len(y),), step, device=device, dtype=torch.long)
+            out = self._guided(denoiser, x, t, y, guidance)
+            if self.prediction == "v":
+                x0 = a.sqrt() * x - (1 - a).sqrt() * out
+                eps = (1 - a).sqrt() * x + a.sqrt() * out
+            else:
+                eps = out
+                x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        return x
