@@ -111,7 +111,7 @@ def results_run(
         name = _run_name(f"{parent.info.run_name} " + ", ".join(f"{key}={value}" for key, value in changed.items()))
         # what the parent's results were made with, for the runs downstream of it; a new prior's run holds no
         # samples yet, so it inherits none of the parent's sampling tags (sample would think it held some)
-        downstream = {"prior": (), "sample": ("prior.",)}.get(stage, ("prior.", "sample.", "samples."))
+        downstream = () if stage == "prior" else ("prior.", "sample.", "samples.")
         inherited = {key: value for key, value in parent.data.tags.items() if downstream and key.startswith(downstream)}
         tags = (
             inherited | run_tags(stage) | {"trained_in_run": parent.data.tags.get("trained_in_run", parent.info.run_id)}
