@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_PRIOR, prior_params, run_stage, train_workspace
+from conftest import REPO, TINY_PRIOR, prior_params, run_stage, train_workspace
 
 from cvae_pipeline.config import ConfigError, parse_params
 from cvae_pipeline.errors import PipelineError
@@ -161,7 +161,7 @@ def test_the_prior_file_fails_with_one_line_when_missing_damaged_or_stale(tmp_pa
 
 
 def test_sampling_from_a_fitted_density_that_is_none_is_a_config_error():
-    raw = yaml.safe_load(open("params.yaml"))
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["prior"]["kind"] = "none"
     raw["sample"]["latents"] = "fitted"
     with pytest.raises(ConfigError, match="set sample.latents: model or prior.kind: diffusion"):
