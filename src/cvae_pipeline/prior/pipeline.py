@@ -5,18 +5,18 @@ that run already holds a prior of other settings."""
 
 from __future__ import annotations
 
-import csv
 import time
 
 from .. import paths, tracking
 from ..config import PipelineParams
 from ..data.prepared import load_prepared
 from ..data.sources import file_checksum
-from ..io import atomic_file, save_png, write_json_atomic
+from ..io import save_png, write_json_atomic
 from ..models.artifact import load_trained_model
 from ..runtime import resolve_device
 from ..sampling import generate, grid_of
 from ..training.checkpoint import code_fingerprint, fingerprint
+from ..training.reporting import write_history
 from .artifact import GMMPrior, save_prior
 from .encoding import encode_posteriors
 from .gmm import ClassGMM
@@ -27,14 +27,6 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "epoch_seconds", "la
 #: the guided samples are sample's grid
 GRID_STEPS, GRID_GUIDANCE, GRID_SEED = 50, 1.0, 0
 ENCODE_BATCH = 500
-
-
-def write_prior_history(history: list[dict], path) -> None:
-    """The per-epoch losses as a DVC plot (a header only for the kinds that do not train)."""
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def fit_prior(params: PipelineParams) -> dict:
@@ -70,7 +62,7 @@ def fit_prior(params: PipelineParams) -> dict:
             else:
                 prior, history = _train_diffusion(params, model, classes, encoded, model_sha, device, run is not None)
         save_prior(paths.PRIOR_FILE, cfg.kind, model_sha, classes, prior)
-        write_prior_history(history, paths.PRIOR_HISTORY)
+        write_history(history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
         sampler = prior.sampler(GRID_STEPS, GRID_GUIDANCE) if prior is not None else None
         images, labels = generate(model, len(classes), 10, 1.0, GRID_SEED, progress=False, latents=sampler)
         grid = grid_of(images, labels, len(classes))
@@ -115,10 +107,10 @@ def _train_diffusion(params, model, classes, encoded, model_sha, device, track: 
         f"{cfg.timesteps} steps, {len(encoded)} latents/epoch, device {device}",
         flush=True,
     )
-    write_prior_history(trainer.history, paths.PRIOR_HISTORY)
+    write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
 
     def on_epoch_end(record: dict) -> None:
-        write_prior_history(trainer.history, paths.PRIOR_HISTORY)
+        write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
         if track:
             mlflow.log_metrics(
                 {f"prior_{k}": float(v) for k, v in record.items() if k != "epoch"}, step=record["epoch"]

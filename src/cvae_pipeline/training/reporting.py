@@ -25,12 +25,13 @@ def sample_grid(
     return grid_of(images, labels, num_classes, per_row=per_class)
 
 
-def write_history(history: list[dict], path: Path) -> None:
-    """Per-epoch CSV that ``dvc plots`` draws (x: epoch)."""
-    if not history:
+def write_history(history: list[dict], path: Path, columns: list[str] | None = None) -> None:
+    """Per-epoch CSV that ``dvc plots`` draws (x: epoch). With ``columns``, a header is written even for
+    no epochs (a DVC plot output that must exist); without, nothing is written then."""
+    if not history and columns is None:
         return
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=columns or list(history[0]))
         writer.writeheader()
         writer.writerows(history)
 
