@@ -50,7 +50,12 @@ def main() -> None:
                 paths.MODEL_FILE,
                 classes,
                 paths.PRIOR_FILE if cfg.latents == "fitted" else None,
-                {"temperature": cfg.temperature, "steps": cfg.steps, "guidance": cfg.guidance},
+                {
+                    "temperature": cfg.temperature,
+                    "steps": cfg.steps,
+                    "guidance": cfg.guidance,
+                    "precision": samples.sampling["precision"],
+                },
             )
             write_json_atomic(tmp / GENERATOR_FILE, {"model_uri": model_uri})
         tracking.write_run_file(run_id, experiment_id, model_uri, path=tmp / RUN_FILE)

@@ -25,3 +25,19 @@ def test_table_keeps_differing_params_and_sorts_by_fid():
     assert "train.lr" in table.columns and "model.backbone" not in table.columns
     assert "mlflow.required" not in table.columns
     assert list(table["FID"]) == [120.0, 180.0, 250.0] and "KID" in table.columns
+
+
+def test_table_always_shows_the_precision_each_run_trained_in_and_its_speed():
+    runs = pd.DataFrame(
+        {
+            "run_id": ["aaaaaaaa11", "bbbbbbbb22"],
+            "start_time": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "params.train.precision": ["fp32", "auto"],
+            "params.train.precision_used": ["fp32", "fp32"],  # the same in both runs, shown all the same
+            "metrics.fid": [80.0, 79.0],
+            "metrics.final_images_per_second": [270.0, 268.0],
+        }
+    )
+    table = runs_table(runs)
+    assert list(table["train precision"]) == ["fp32", "fp32"] and list(table["train img/s"]) == [268.0, 270.0]
+    assert list(table["train.precision"]) == ["auto", "fp32"]

@@ -52,6 +52,8 @@ def test_unknown_section_is_rejected():
         ("prepare", "train_subset", 10.5, "valid integer"),
         ("prepare", "seed", True, "valid integer"),
         ("data", "timeout_seconds", 0, "greater than 0"),
+        ("train", "precision", "fp16", "'auto', 'fp32' or 'bf16'"),
+        ("sample", "precision", "bf16-mixed", "'auto', 'fp32' or 'bf16'"),
     ],
 )
 def test_bad_value_names_key_value_and_rule(section, key, value, expected):

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from cvae_pipeline.data.sources import file_checksum
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.artifact import load_trained_model, save_trained_model
+from cvae_pipeline.precision import Precision
 from cvae_pipeline.prior import DiffusionPrior, load_prior, save_prior
 from cvae_pipeline.prior.diffusion import Denoiser, GaussianDiffusion
 from cvae_pipeline.serving import log_generator, parse_labels
@@ -120,7 +121,9 @@ def test_generator_with_a_prior_draws_its_latents_from_it(store, tmp_path):
     scored = {"temperature": 0.9, "steps": 7, "guidance": 2.5}
     uri = log_in(store, name="generator", prior_file=tmp_path / "prior.pt", settings=scored, described="toy prior")
     served = mlflow.pyfunc.load_model(uri)
-    assert served.metadata.metadata["latents"] == "toy prior" and served.metadata.metadata["defaults"] == scored
+    assert served.metadata.metadata["latents"] == "toy prior" and served.metadata.metadata["defaults"] == scored | {
+        "precision": "fp32"
+    }
     model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))
     labels = torch.tensor([3, 9, 0])
 
@@ -133,6 +136,27 @@ def test_generator_with_a_prior_draws_its_latents_from_it(store, tmp_path):
     asked = served.predict([3, 9, 0], params={"seed": 5, "steps": 3, "guidance": 0.0, "temperature": 1.0})
     assert np.allclose(asked, direct(prior.sampler(3, 0.0), 1.0), atol=1e-6)
     assert np.allclose(served.predict([3, 9, 0], params={"seed": 5, "latents": "model"}), direct(None), atol=1e-6)
+
+
+def test_generator_serves_in_the_precision_its_samples_were_drawn_in(store, tmp_path):
+    """sample chose bf16 (a native-bf16 machine): the served model computes in bf16 too, so its draws are
+    the scored ones; they differ from fp32's by bf16's rounding only."""
+    prior = toy_prior(store, tmp_path / "prior.pt")
+    mlflow.set_tracking_uri(store[0])
+    settings = {"temperature": 1.0, "steps": 5, "guidance": 1.0, "precision": "bf16"}
+    uri = log_in(store, name="generator", prior_file=tmp_path / "prior.pt", settings=settings, described="toy prior")
+    served = mlflow.pyfunc.load_model(uri)
+    model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))
+    labels = torch.tensor([3, 9, 0])
+
+    def direct(dtype: str):
+        with Precision(dtype).autocast(torch.device("cpu")):
+            return model.sample(labels, generator=torch.Generator().manual_seed(5), latents=prior.sampler(5, 1.0))
+
+    images = served.predict([3, 9, 0], params={"seed": 5})
+    assert np.array_equal(images, direct("bf16").numpy())
+    assert not np.array_equal(images, direct("fp32").numpy())
+    assert np.allclose(images, direct("fp32").numpy(), atol=0.05)
     with pytest.raises(MlflowException, match="latents must be 'fitted' or 'model'"):
         served.predict(["cat"], params={"latents": "flow"})
     without = mlflow.pyfunc.load_model(log_in(store))

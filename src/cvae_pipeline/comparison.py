@@ -24,7 +24,10 @@ SCORES = {
     "test_neg_elbo_bits_per_dim": "bits/dim",
     "test_neg_elbo_nats": "-ELBO (nats)",
     "final_train_seconds": "train s",
+    "final_images_per_second": "train img/s",
 }
+#: params shown for every run even where all runs agree: what the numbers beside them depend on
+ALWAYS_SHOWN = {"train.precision_used": "train precision"}
 GRID_ARTIFACTS = ("samples/final_grid.png",)  # else the last per-epoch grid
 
 
@@ -59,6 +62,9 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     )
     for column in differing:
         table[column.removeprefix("params.")] = runs[column]
+    for param, label in ALWAYS_SHOWN.items():
+        if f"params.{param}" in runs.columns:
+            table[label] = runs[f"params.{param}"]
     for key, label in SCORES.items():
         if f"metrics.{key}" in runs.columns:
             table[label] = runs[f"metrics.{key}"]

@@ -28,6 +28,11 @@ from pydantic import (
 from .errors import ConfigError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+PrecisionSetting = Literal["auto", "fp32", "bf16"]
+PRECISION_HELP = (
+    "auto (bf16 autocast where the CPU or GPU has native bf16 and a probe at start measures it faster, else "
+    "fp32) | fp32 | bf16; weights and loss sums stay fp32"
+)
 
 
 class _Section(BaseModel):
@@ -174,6 +179,7 @@ class TrainParams(_Section):
     seed: StrictInt = knob("seed of the weights, the batch order, the latent noise and the flips", ge=0)
     device: Literal["auto", "cpu", "cuda"] = knob("auto (CUDA when present) | cpu | cuda; sample uses it too")
     num_threads: StrictInt | None = knob("torch CPU threads; null = torch's default", ge=1)
+    precision: PrecisionSetting = knob(PRECISION_HELP)
     sample_every: StrictInt = knob("log a 10x10 class-by-row sample grid every N epochs (and after the last)", ge=1)
 
 
@@ -202,6 +208,7 @@ class PriorParams(_Section):
     augment: Literal["none", "hflip"] = knob("none | hflip: the mirrored training images' latents are added")
     seed: StrictInt = knob("seed of the weights, the batch order and every noise draw", ge=0)
     device: Literal["auto", "cpu", "cuda"] = knob("auto (CUDA when present) | cpu | cuda")
+    precision: PrecisionSetting = knob(PRECISION_HELP)
 
 
 class SampleParams(_Section):
@@ -225,6 +232,7 @@ class SampleParams(_Section):
     decoder_output: Literal["mean", "sample"] = knob("mean (the decoder's mean image) | sample (a draw from p(x|z,y))")
     seed: StrictInt = knob("seed of the latent draws", ge=0)
     batch_size: StrictInt = knob("images drawn and decoded per batch", ge=1)
+    precision: PrecisionSetting = knob(PRECISION_HELP + "; for the prior's steps and the decoding")
 
 
 class EvaluateParams(_Section):

@@ -6,6 +6,8 @@ run on saved PNGs of the same samples.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -13,7 +15,11 @@ from tqdm import tqdm
 from .batches import BatchStream
 from .models import BaseCVAE
 from .models.base import LatentSampler
+from .precision import FP32, Choice, Precision, resolve, seconds_per_step
 from .samples import SampleSet
+
+#: images per call of the sampling precision's probe: enough to time the decoder's batched convolutions
+PROBE_IMAGES = 100
 
 #: what the images of ``decoder_output`` are, as said in the metrics and the MLflow run
 DECODER_OUTPUT_MEANING = {"mean": "decoder mean", "sample": "draw from the likelihood"}
@@ -34,10 +40,12 @@ def generate(
     progress: bool = True,
     latents: LatentSampler | None = None,
     decoder_output: str = "mean",
+    precision: Precision = FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` images of every class, class-major order: (uint8 [N,3,32,32], int64 [N]).
-    ``latents``: draw z from this instead of the model's prior (a fitted prior's sampler)."""
-    model.eval()
+    ``latents``: draw z from this instead of the model's prior (a fitted prior's sampler); ``precision``:
+    what the prior's steps and the decoder compute in (``sample.precision``)."""
+    precision.module(model).eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = torch.arange(num_classes).repeat_interleave(per_class)
@@ -46,13 +54,11 @@ def generate(
         range(0, len(labels), batch_size), desc="sample", unit="batch", mininterval=2.0, disable=not progress
     ):
         batch = labels[start : start + batch_size].to(device)
-        chunks.append(
-            to_uint8(
-                model.sample(
-                    batch, temperature=temperature, generator=generator, latents=latents, decoder_output=decoder_output
-                )
+        with precision.autocast(device):
+            images = model.sample(
+                batch, temperature=temperature, generator=generator, latents=latents, decoder_output=decoder_output
             )
-        )
+        chunks.append(to_uint8(images))
     return np.concatenate(chunks), labels.numpy().astype(np.int64)
 
 
@@ -101,6 +107,26 @@ def grid_of(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row: i
     return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
+def sampling_precision(model: BaseCVAE, setting: str, latents: LatentSampler | None) -> Choice:
+    """``sample.precision`` resolved on this machine; the probe draws ``PROBE_IMAGES`` images (the prior's
+    steps and the decoding) on a copy of the model with its own generator."""
+    device = next(model.parameters()).device
+    labels = torch.arange(PROBE_IMAGES, device=device) % model.num_classes
+
+    def probe(precision: Precision) -> float:
+        copy_ = precision.module(copy.deepcopy(model)).eval()
+        generator = torch.Generator(device=device).manual_seed(0)
+
+        @torch.no_grad()
+        def step() -> None:
+            with precision.autocast(device):
+                copy_.sample(labels, generator=generator, latents=latents)
+
+        return seconds_per_step(step, warmup=1, repeats=2)
+
+    return resolve(setting, device, probe)
+
+
 def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prior_file, model_sha256: str) -> SampleSet:
     """The ``sample`` stage's set under ``cfg`` (``SampleParams``): latents from the prior stage's
     density in ``prior_file`` (``cfg.latents == "fitted"``) or from the model's own prior."""
@@ -117,6 +143,8 @@ def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prior_file, model_
             )
         prior.to(next(model.parameters()).device)
         sampler, described = prior.sampler(cfg.steps, cfg.guidance), prior.describe(cfg.steps, cfg.guidance)
+    choice = sampling_precision(model, cfg.precision, sampler)
+    print(f"sampling precision {choice.precision.name} ({choice.why})", flush=True)
     images, labels = generate(
         model,
         len(classes),
@@ -126,10 +154,12 @@ def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prior_file, model_
         cfg.batch_size,
         latents=sampler,
         decoder_output=cfg.decoder_output,
+        precision=choice.precision,
     )
     sampling = {
         "latents": described,
         "images": DECODER_OUTPUT_MEANING[cfg.decoder_output],
         "temperature": cfg.temperature,
+        "precision": choice.precision.name,
     }
     return SampleSet(images, labels, list(classes), sampling)

@@ -36,11 +36,15 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from .precision import Precision
+
 MAX_IMAGES_PER_REQUEST = 10_000
 PRIOR_ARTIFACT = "prior"  # the optional artifact: models/prior.pt, the density sample.latents: fitted draws from
-SETTINGS_ARTIFACT = "settings"  # {"temperature", "steps", "guidance"}: what the generator's samples were scored at
-#: the sampler settings a request may override, with their types and the defaults of a generator without settings
-SAMPLER_DEFAULTS = {"temperature": 1.0, "steps": 50, "guidance": 1.0}
+#: {"temperature", "steps", "guidance", "precision"}: what the generator's samples were scored at
+SETTINGS_ARTIFACT = "settings"
+#: the sampler settings (all but the precision a request may override) and the defaults of a generator without
+#: settings; the precision is the one ``sample`` chose, so the served draws are the scored ones
+SAMPLER_DEFAULTS = {"temperature": 1.0, "steps": 50, "guidance": 1.0, "precision": "fp32"}
 MAX_STEPS = 1000
 
 
@@ -99,6 +103,8 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         settings_file = context.artifacts.get(SETTINGS_ARTIFACT)
         settings = json.loads(Path(settings_file).read_text()) if settings_file else {}
         self.defaults = {key: settings.get(key, value) for key, value in SAMPLER_DEFAULTS.items()}
+        self.precision = Precision.parse(self.defaults["precision"])
+        self.precision.module(self.model)
 
     def _setting(self, params: dict, key: str, cast, valid, rule: str):
         raw = params.get(key)
@@ -131,7 +137,7 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         else:
             generator.seed()
         sampler = self.prior.sampler(steps, guidance) if latents == "fitted" else None
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.autocast(self.device):
             images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator, latents=sampler)
         return images.float().cpu().numpy()
 

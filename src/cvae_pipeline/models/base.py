@@ -121,15 +121,19 @@ class BaseCVAE(nn.Module):
         return z, log_q
 
     def forward(self, x: torch.Tensor, y: torch.Tensor):
-        """(decoder output, KL per image [B], KL per latent dim [B, D] or None when Monte-Carlo)."""
-        posterior = self.encode(x, y)
+        """(decoder output, KL per image [B], KL per latent dim [B, D] or None when Monte-Carlo).
+
+        Everything the loss sums is fp32: under bf16 autocast (``cvae_pipeline.precision``) the networks'
+        outputs are cast back before the KL and the likelihood."""
+        posterior = Posterior(*(None if t is None else t.float() for t in self.encode(x, y)))
         z, log_q = self.draw_latent(posterior)
+        z, log_q = z.float(), log_q.float()
         if self.analytic_kl:
             kl_per_dim = gaussian_kl(posterior.mu, posterior.logvar)
             kl = kl_per_dim.sum(1)
         else:
-            kl_per_dim, kl = None, log_q - self.prior.log_prob(z, y)
-        return self.decode(z, y), kl, kl_per_dim
+            kl_per_dim, kl = None, log_q - self.prior.log_prob(z, y).float()
+        return self.decode(z, y).float(), kl, kl_per_dim
 
     def loss(
         self,
@@ -186,8 +190,8 @@ class BaseCVAE(nn.Module):
         if decoder_output not in ("mean", "sample"):
             raise ValueError(f"decoder_output must be 'mean' or 'sample', got {decoder_output!r}")
         labels = labels.to(self._device()).long()
-        z = (latents or self.prior).sample(labels, temperature, generator)
-        out = self.decode(z, labels)
+        z = (latents or self.prior).sample(labels, temperature, generator).float()
+        out = self.decode(z, labels).float()
         images = self.likelihood.sample(out, generator) if decoder_output == "sample" else self.likelihood.mean(out)
         return images.clamp(0, 1)
 
@@ -201,7 +205,7 @@ class BaseCVAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(self.decode(self.encode_latents(x, y), y)).clamp(0, 1)
+        return self.likelihood.mean(self.decode(self.encode_latents(x, y).float(), y).float()).clamp(0, 1)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

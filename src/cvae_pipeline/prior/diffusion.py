@@ -91,7 +91,8 @@ class Denoiser(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.final_modulation(c).chunk(2, dim=1)
-        return self.output(self.final_norm(h) * (1 + scale) + shift)
+        # fp32 out, also under bf16 autocast: the loss and the sampler's updates are full precision
+        return self.output(self.final_norm(h) * (1 + scale) + shift).float()
 
 
 class GaussianDiffusion:

@@ -22,6 +22,8 @@ from .encoding import encode_posteriors
 from .gmm import ClassGMM
 from .training import PriorTrainer
 
+#: the MLflow tag naming the precision the prior trained in (``prior.precision`` is the setting)
+PRECISION_TAG = "prior.precision_used"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "epoch_seconds", "latents_per_second"]
 #: the grid the stage logs: the plain conditional prior (guidance 1), so it shows what the prior learned;
 #: the guided samples are sample's grid
@@ -101,12 +103,16 @@ def _train_diffusion(params, model, classes, encoded, model_sha, device, track: 
     trainer = PriorTrainer(cfg, encoded, val_encoded, len(classes), device, paths.PRIOR_CHECKPOINT, run_fingerprint)
     if trainer.try_resume():
         print(f"resuming the prior from {paths.PRIOR_CHECKPOINT} after epoch {trainer.epoch}/{cfg.epochs}")
+    choice = trainer.choose_precision()
     params_count = sum(p.numel() for p in trainer.denoiser.parameters())
     print(
         f"diffusion prior: MLP {cfg.blocks}x{cfg.width} ({params_count:,} parameters), {cfg.prediction}-prediction, "
-        f"{cfg.timesteps} steps, {len(encoded)} latents/epoch, device {device}",
+        f"{cfg.timesteps} steps, {len(encoded)} latents/epoch, device {device}, "
+        f"precision {choice.precision.name} ({choice.why})",
         flush=True,
     )
+    if track:
+        mlflow.set_tag(PRECISION_TAG, choice.precision.name)  # a tag: a refit into the same run may choose anew
     write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
 
     def on_epoch_end(record: dict) -> None:

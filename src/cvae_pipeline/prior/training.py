@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from ..config import PriorParams
 from ..errors import PipelineError
+from ..precision import FP32, Choice, Precision, resolve, seconds_per_step
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.loop import ema_with_warmup
+from ..training.loop import ema_with_warmup, optimizer_implementation
 from ..training.schedules import lr_factor
 from .artifact import DiffusionPrior
 from .diffusion import Denoiser, GaussianDiffusion
@@ -32,6 +33,10 @@ WARMUP_FRACTION = 0.05
 VALIDATION_SEED = 1234  # the same noise and timesteps every epoch, so validation losses are comparable
 #: a loss past this has diverged though finite: the targets are standardised, so a useless prediction costs ~1
 DIVERGED_LOSS = 1e6
+
+
+#: an MLP has no image layout: its candidates differ only in the dtype
+_MLP_CANDIDATES = (FP32, Precision("bf16"))
 
 
 class PriorTrainingError(PipelineError):
@@ -70,18 +75,22 @@ class PriorTrainer:
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         warmup = round(WARMUP_FRACTION * total)
-        self.optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **optimizer_implementation(True)
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total, warmup, "cosine")
         )
         self.ema = (
-            AveragedModel(self.denoiser, avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
+            AveragedModel(self.denoiser, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
             if cfg.ema_decay is not None
             else None
         )
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
+        self.precision = FP32
+        self.resumed_precision: str | None = None  # the checkpoint's choice, kept by a resumed run
 
     def _tensors(self, encoded: EncodedSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean = ((torch.from_numpy(encoded.mean) - self.mean) / self.scale).to(self.device)
@@ -109,6 +118,7 @@ class PriorTrainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "generator": self.generator.get_state(),
             "history": self.history,
+            "precision": self.precision.name,
         }
 
     def try_resume(self) -> bool:
@@ -122,7 +132,33 @@ class PriorTrainer:
             self.ema.load_state_dict(state["ema"])
         self.generator.set_state(state["generator"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.resumed_precision = state.get("precision")
         return True
+
+    def choose_precision(self) -> Choice:
+        """``prior.precision`` resolved on this machine (a resumed run keeps its checkpoint's choice)."""
+        if self.resumed_precision:
+            choice = Choice(Precision.parse(self.resumed_precision), "the checkpoint's, which this run resumes")
+        else:
+            choice = resolve(self.cfg.precision, self.device, self.seconds_per_step, candidates=_MLP_CANDIDATES)
+        self.precision = choice.precision
+        return choice
+
+    def seconds_per_step(self, precision: Precision) -> float:
+        """A training step's forward and backward in ``precision`` on a copy of the denoiser and its own
+        generator: the probe changes nothing of the training."""
+        denoiser = copy.deepcopy(self.denoiser).train()
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        idx = torch.arange(min(self.cfg.batch_size, len(self.train[2])), device=self.device)
+        x0, y = self._draw(self.train, idx, generator)
+
+        def step() -> None:
+            with precision.autocast(self.device):
+                loss = self.diffusion.loss(denoiser, x0, y, generator, self.cfg.label_dropout)
+            loss.backward()
+            denoiser.zero_grad(set_to_none=True)
+
+        return seconds_per_step(step)
 
     # --- training ------------------------------------------------------------------
     def _draw(self, split, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +177,8 @@ class PriorTrainer:
         for start in range(0, n, self.cfg.batch_size):
             idx = torch.arange(start, min(n, start + self.cfg.batch_size), device=self.device)
             x0, y = self._draw(self.val, idx, generator)
-            total += self.diffusion.loss(denoiser, x0, y, generator).item() * len(idx)
+            with self.precision.autocast(self.device):
+                total += self.diffusion.loss(denoiser, x0, y, generator).item() * len(idx)
         return total / n
 
     def train_epoch(self) -> dict:
@@ -155,7 +192,8 @@ class PriorTrainer:
         )
         for i, first in enumerate(bar):
             x0, y = self._draw(self.train, order[first : first + cfg.batch_size], self.generator)
-            loss = self.diffusion.loss(self.denoiser, x0, y, self.generator, cfg.label_dropout)
+            with self.precision.autocast(self.device):
+                loss = self.diffusion.loss(self.denoiser, x0, y, self.generator, cfg.label_dropout)
             value = loss.item()
             if not math.isfinite(value) or value > DIVERGED_LOSS:
                 raise PriorTrainingError(
@@ -195,7 +233,7 @@ class PriorTrainer:
             print(
                 f"prior epoch {record['epoch']}/{self.cfg.epochs}  loss {record['train_loss']:.4f}  "
                 f"val {record['val_loss']:.4f}  lr {record['lr']:.2e}  {record['epoch_seconds']:.1f}s  "
-                f"{record['latents_per_second']:.0f} latents/s",
+                f"{record['latents_per_second']:.0f} latents/s ({self.precision.name})",
                 flush=True,
             )
             if on_epoch_end is not None:

@@ -25,7 +25,7 @@ def log_samples(
 
     mlflow.log_image(grid, artifact_file="samples/final_grid.png")
     mlflow.set_tags(settings)
-    mlflow.set_tags({"samples.latents": sampling["latents"], "samples.images": sampling["images"]})
+    mlflow.set_tags({f"samples.{key}": sampling[key] for key in ("latents", "images", "precision") if key in sampling})
     info = log_generator(model_file, classes, "generator", prior_file, sampler_settings, sampling["latents"])
     return info.model_uri
 

@@ -47,6 +47,14 @@ class Distributed:
         """True on every process when ``flag`` is True on any (e.g. a NaN loss on one rank)."""
         return self.all_reduce_sum([float(flag)])[0] > 0 if self.enabled else flag
 
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every process (a decision only rank 0 measured, e.g. the precision)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -17,11 +17,25 @@ from ..errors import PipelineError
 from ..io import save_png
 from ..models import build_model
 from ..models.artifact import save_trained_model
+from ..precision import Choice, Precision, resolve
 from ..runtime import resolve_device
 from . import distributed
 from .checkpoint import code_fingerprint, fingerprint
 from .loop import Trainer
 from .reporting import EpochReporter, sample_grid, write_final_metrics, write_history
+
+#: the MLflow param naming the precision training computed in (``train.precision`` is the setting)
+PRECISION_PARAM = "train.precision_used"
+
+
+def training_precision(trainer: Trainer, dist: distributed.Distributed) -> Choice:
+    """``train.precision`` resolved on this machine: a resumed run keeps its checkpoint's choice (a probe
+    might decide otherwise and the rest of the run would then differ from an uninterrupted one); under
+    torchrun rank 0 probes and every process uses its choice."""
+    if name := trainer.extra.get("precision"):
+        return Choice(Precision.parse(name), "the checkpoint's, which this run resumes")
+    choice = resolve(trainer.cfg.precision, trainer.device, trainer.seconds_per_step) if dist.is_main else None
+    return dist.broadcast(choice)
 
 
 def train_process(params: PipelineParams, params_file: Path, dist: distributed.Distributed) -> None:
@@ -41,6 +55,9 @@ def train_process(params: PipelineParams, params_file: Path, dist: distributed.D
     trainer = Trainer(model, cfg, device, train, val, paths.CHECKPOINT, run_fingerprint, dist)
     if trainer.try_resume() and dist.is_main:
         print(f"resuming from {paths.CHECKPOINT} after epoch {trainer.epoch}/{cfg.epochs}")
+    choice = training_precision(trainer, dist)
+    trainer.use_precision(choice.precision)
+    trainer.extra["precision"] = choice.precision.name
     if dist.enabled:
         torch.manual_seed(cfg.seed + 1000 * dist.rank)  # different latent noise per replica
         if not dist.is_main:
@@ -52,6 +69,7 @@ def train_process(params: PipelineParams, params_file: Path, dist: distributed.D
         f"{params.model.backbone} CVAE, {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(train)} train / {len(val)} val images, device {device}"
         + (f", {dist.world_size} processes (torchrun)" if dist.enabled else "")
+        + f"; precision {choice.precision.name} ({choice.why})"
     )
 
     import mlflow
@@ -60,6 +78,8 @@ def train_process(params: PipelineParams, params_file: Path, dist: distributed.D
 
     run = tracking.runs.start_training_run(trainer.extra, trainer.history, params, params_file)
     with run if run is not None else contextlib.nullcontext():
+        if run is not None:
+            mlflow.log_param(PRECISION_PARAM, choice.precision.name)
         reporter = EpochReporter(
             len(train.classes),
             paths.TRAIN_HISTORY,
