@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, make_prepared, model_params, train_params
@@ -140,3 +141,19 @@ def test_a_resumed_run_keeps_its_checkpoints_choice(prepared, tmp_path):
     trainer.extra["precision"] = BF16_CHANNELS_LAST.name
     choice = training_precision(trainer, distributed.Distributed())
     assert choice.precision == BF16_CHANNELS_LAST and "checkpoint" in choice.why
+
+
+def test_sampling_precision_probes_the_real_draw_and_bf16_samples_stay_close(monkeypatch):
+    from cvae_pipeline.sampling import generate, sampling_precision
+
+    torch.manual_seed(0)
+    model = build_model(model_params(backbone="conv", width=8, latent_dim=8, latent_resolution=1), 10).eval()
+    if not precision_module.native_bf16(CPU):
+        assert sampling_precision(model, "auto", None).why == "auto: no native bf16 on this device"
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device: True)
+    probed = sampling_precision(model, "auto", None)
+    assert probed.why.startswith("auto: ") and "steps/s" in probed.why
+    fp32, _ = generate(model, 10, 3, seed=1, progress=False)
+    bf16, _ = generate(model, 10, 3, seed=1, progress=False, precision=BF16)
+    assert not np.array_equal(fp32, bf16)
+    assert np.abs(fp32.astype(int) - bf16.astype(int)).mean() < 3  # grey levels: bf16 rounding, not another image
