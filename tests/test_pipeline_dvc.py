@@ -137,8 +137,8 @@ def queue_finished(repo: Path) -> bool:
 
 def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path):
     runs_before = {r.info.run_id for r in mlflow_runs(dvc_repo)}
-    for lr in ("0.002", "0.0005"):
-        sh("dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", cwd=dvc_repo)
+    for lr, precision in (("0.002", "fp32"), ("0.0005", "auto")):  # both precision settings train
+        sh("dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", f"train.precision={precision}", cwd=dvc_repo)
     sh("dvc", "queue", "start", "-j", "2", cwd=dvc_repo)
     deadline = time.monotonic() + 900
     while not queue_finished(dvc_repo):
@@ -161,6 +161,8 @@ def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path
 
     new_runs = [r for r in mlflow_runs(dvc_repo) if r.info.run_id not in runs_before]  # the main workspace's store
     assert sorted(r.data.params["train.lr"] for r in new_runs) == ["0.0005", "0.002"]
+    used = {r.data.params["train.precision"]: r.data.params["train.precision_used"] for r in new_runs}
+    assert used["fp32"] == "fp32" and used["auto"] in ("fp32", "bf16", "bf16, channels-last"), used
     for run in new_runs:
         assert run.info.status == "FINISHED" and "fid" in run.data.metrics
         assert run.info.run_name == run.data.tags["dvc_experiment"]
@@ -280,7 +282,7 @@ def test_report_and_compare_show_the_runs_side_by_side(dvc_repo: Path):
     out = sh("cvae", "report", cwd=dvc_repo)
     csv = (dvc_repo / "reports" / "compare" / "runs.csv").read_text().splitlines()
     header = csv[0].split(",")
-    assert {"run", "FID", "KID", "class consistency", "train.lr"} <= set(header), header
+    assert {"run", "FID", "KID", "class consistency", "train.lr", "train precision", "train img/s"} <= set(header)
     assert "model.backbone" not in header  # equal in every run: not a difference
     fids = [float(line.split(",")[header.index("FID")]) for line in csv[1:] if line.split(",")[header.index("FID")]]
     assert fids == sorted(fids) and len(csv) - 1 == len(mlflow_runs(dvc_repo))
