@@ -45,7 +45,7 @@ EpochCallback = Callable[[dict, BaseCVAE], None]
 def optimizer_implementation(fused: bool) -> dict:
     """Keyword arguments selecting torch's Adam(W) implementation: ``fused`` (one kernel over all
     parameters, CPU and CUDA) or torch's default (a loop over the parameters on CPU). Fused measured
-    ~2x faster per optimiser step on the default model's 54 tensors (docs/speed.md)."""
+    ~2x faster per optimiser step on the default model's 54 tensors (docs/benchmarks.md)."""
     return {"fused": True} if fused else {}
 
 
@@ -56,7 +56,7 @@ def ema_with_warmup(decay: float):
     The ramp (as in TensorFlow's ExponentialMovingAverage with ``num_updates``) keeps the average from
     being dominated by the random initial weights in short runs; torch's ``get_ema_multi_avg_fn`` uses a
     fixed decay. One ``_foreach_lerp_`` over all tensors measured ~3x faster than a per-tensor update on
-    the default model (docs/speed.md); integer buffers (counters) are copied, not averaged.
+    the default model (docs/benchmarks.md); integer buffers (counters) are copied, not averaged.
     """
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
