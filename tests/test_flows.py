@@ -17,6 +17,7 @@ from cvae_pipeline.models import build_model
 from cvae_pipeline.models.base import gaussian_kl
 from cvae_pipeline.models.flows import AffineCoupling, FlowPrior, IAFStep, PlanarStep, PosteriorFlow
 from cvae_pipeline.models.likelihoods import DiscretizedLogisticMixture, Gaussian
+from cvae_pipeline.precision import Precision
 from cvae_pipeline.prior import ClassGMM, load_prior
 from cvae_pipeline.training.loop import Trainer
 
@@ -254,6 +255,7 @@ def test_prior_and_sample_stages_with_a_gmm_and_likelihood_draws(tmp_path):
         result = run_stage(stage, ws, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())
+    assert Precision.parse(sampling.pop("precision"))  # the one sample.precision resolved to
     assert sampling == {
         "latents": "ex-post GMM (2 per class)",
         "images": "draw from the likelihood",
