@@ -15,7 +15,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: install run test test-fast lint format ui clean-venv
+.PHONY: install run test test-fast lint format ui team-up team-down clean-venv
 
 install: $(STAMP)
 
@@ -51,6 +51,16 @@ ui: $(STAMP)
 	  *) exec mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 	       --default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port 5000 ;; \
 	esac
+
+# A team's stack on loopback: PostgreSQL, a SeaweedFS S3 store and an MLflow server with basic
+# auth, in the state folder TEAM_DIR; its bucket becomes this repository's DVC remote
+# (.dvc/config.local). `team-up` prints what to export; docs/scaling.md has the details.
+TEAM_DIR ?= .team
+team-up: $(STAMP)
+	cvae team up $(TEAM_DIR)
+
+team-down: $(STAMP)
+	cvae team down $(TEAM_DIR)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -170,3 +170,37 @@ def prior_params(**overrides):
 
 #: a diffusion prior small enough to train in a second on a tiny workspace
 TINY_PRIOR = {"width": 32, "blocks": 2, "epochs": 2, "batch_size": 64, "timesteps": 100}
+
+
+@pytest.fixture(scope="session")
+def team_stack():
+    """The team stack (PostgreSQL, SeaweedFS S3, MLflow with basic auth), started as a user starts it
+    (``cvae team up``) and stopped with ``cvae team down``, which must leave no process behind.
+
+    Its state folder is under /tmp with mode 0711 rather than pytest's private tmp folder: as root,
+    the cluster belongs to the ``postgres`` user, who must be able to reach it."""
+    import shutil
+    import tempfile
+
+    from cvae_pipeline.team import Stack
+    from cvae_pipeline.team.processes import alive, group_alive
+
+    directory = Path(tempfile.mkdtemp(prefix="cvae-team-"))
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    cli = [str(BIN / "cvae"), "team"]
+    up = subprocess.run(
+        [*cli, "up", str(directory), "--dvc-repo", str(directory)], env=env, capture_output=True, text=True
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    stack = Stack(directory)
+    assert f"export MLFLOW_TRACKING_URI={stack.server.url}" in up.stdout
+    try:
+        yield stack
+    finally:
+        stack = Stack(directory)  # a test may have restarted it on new ports
+        pids = list(stack.state.get("pids", {}).values())
+        down = subprocess.run([*cli, "down", str(directory)], env=env, capture_output=True, text=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not any(alive(pid) or group_alive(pid) for pid in pids), "team down left a process behind"
+        assert not stack.postgres.running()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 A :class:`~cvae_pipeline.errors.PipelineError` ends the stage with
 ``error: <message>`` on stderr and exit status 1, so ``dvc repro`` stops with
-the reason on screen; anything else is a bug and keeps its traceback.
+the reason on screen; so does a tracking server that fails mid-stage (down, its database or
+artifact store down, a user without write permission). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -31,15 +32,40 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def end_active_runs(status: str) -> None:
+    """Mark the MLflow runs this process left open ``status`` (FAILED, KILLED). Without it a stage that
+    fails between starting its run and entering the run's ``with`` block (an artifact upload to a store
+    that is down) leaves the run to MLflow's exit hook, which marks it FINISHED."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    try:
+        while mlflow.active_run() is not None:
+            mlflow.end_run(status)
+    except Exception:  # the store itself is gone: nothing more can be recorded
+        pass
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Call ``main`` and exit: 0 on success, 1 with one line on a user error, 130 on Ctrl-C."""
     try:
         check_python()
         main()
     except PipelineError as exc:
+        end_active_runs("FAILED")
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
+        end_active_runs("KILLED")
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        from .tracking.store import tracking_failure
+
+        end_active_runs("FAILED")
+        failure = tracking_failure(exc)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(0)

@@ -4,7 +4,12 @@ is ``DVC_ROOT`` when DVC sets it: ``dvc exp run --temp/--queue`` runs stages in 
 ``.dvc/tmp/exps/``, and a store relative to that copy would be thrown away with it.
 
 An unreachable server fails within seconds with one line naming the URI, instead of MLflow's
-default of minutes of retries. Several stages may write the SQLite store at once (``dvc queue
+default of minutes of retries; so does a server that refuses the credentials (401), forbids a write
+(403) or cannot reach its own database or artifact store (5xx) — each with its own fix
+(:func:`store_failure`). Two quick retries remain: a server that answered one request with a 500
+closes that connection, and without a retry the next request (marking the run FAILED) would die on it.
+
+Several stages may write the SQLite store at once (``dvc queue
 start -j 2``): creating its schema is serialised by a file lock (two first-time migrations at once
 corrupt it), and SQLite waits up to ``SQLITE_BUSY_TIMEOUT`` seconds for another writer instead of
 failing with "database is locked".
@@ -62,17 +67,58 @@ def check_scheme(uri: str) -> None:
         )
 
 
-def unreachable(uri: str, exc: Exception) -> TrackingError:
-    cause = shorten(str(exc)) or type(exc).__name__
+def _status(text: str) -> int | None:
+    """The HTTP status in an MLflow REST error ("error code 403 != 200", "too many 503 error responses")."""
+    match = re.search(r"error code (\d{3})|too many (\d{3}) error responses", text)
+    return int(match.group(1) or match.group(2)) if match else None
+
+
+def store_failure(uri: str, exc: Exception) -> TrackingError:
+    """One line for a store that cannot be used, naming the cause and what to do about it."""
+    text = str(exc)
+    cause = shorten(text) or type(exc).__name__
+    status = _status(text)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        who = f"the credentials of user '{user}'" if user else "requests without credentials"
+        return TrackingError(
+            f"MLflow server {uri} refused {who} (401 Unauthorized); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to a user of that server (the team stack writes them to <state folder>/env.sh)"
+        )
+    if status == 403:
+        return TrackingError(
+            f"MLflow server {uri}: user '{user}' may not write there (403 Permission denied); use a user with "
+            "EDIT permission on the experiment, or ask the server's admin to grant it"
+        )
+    if status is not None and status >= 500:
+        part = "artifact store" if "mlflow-artifacts" in text else "database"
+        return TrackingError(
+            f"MLflow server {uri} failed ({status}: its {part} is likely down or full); check the server and "
+            "its log, then re-run (a training resumes from its checkpoint)"
+        )
     return TrackingError(
         f"MLflow tracking store {uri} is not reachable ({cause}); start the server or "
         "unset MLFLOW_TRACKING_URI to use the local SQLite store"
     )
 
 
+def tracking_failure(exc: BaseException) -> TrackingError | None:
+    """The one-line error for an MLflow REST or connection failure in the middle of a stage (the
+    server died, its database or artifact store went down, a user may not write); None for anything
+    else, which keeps its traceback."""
+    if isinstance(exc, TrackingError):
+        return exc
+    module = type(exc).__module__
+    is_rest = module.startswith("mlflow") and "API request to" in str(exc)
+    if not (is_rest or module.startswith(("requests", "urllib3"))):
+        return None
+    return store_failure(tracking_uri(), exc)
+
+
 def configure_store() -> str:
     """Point MLflow at the store (failing fast when it is unreachable); returns the URI."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
 
@@ -89,7 +135,7 @@ def configure_store() -> str:
         else:
             mlflow.search_experiments(max_results=1)
     except Exception as exc:  # requests/SQLAlchemy/MLflow errors all mean: the store is not usable
-        raise unreachable(uri, exc) from None
+        raise store_failure(uri, exc) from None
     return uri
 
 
@@ -112,4 +158,4 @@ def configure(experiment: str) -> str:
                 raise
             return found.experiment_id
     except Exception as exc:
-        raise unreachable(uri, exc) from None
+        raise store_failure(uri, exc) from None

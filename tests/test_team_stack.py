@@ -1,0 +1,305 @@
+"""A team's stack for real, on loopback: the pipeline against an MLflow server with basic auth, its
+runs in PostgreSQL and its artifacts in a SeaweedFS S3 bucket; serving from its registry;
+credentials enforced; ``mlflow gc``; the database or the object store going down; the UI in a real
+browser. The stack is the session's ``team_stack`` fixture (``cvae team up`` / ``cvae team down``).
+
+The DVC half (``dvc push``/``pull`` and ``dvc exp push``/``pull`` through that bucket) is in
+test_pipeline_dvc.py, on its end-to-end repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import BIN, TINY_PRIOR, clean_env, free_port, run_stage, running_server, train_workspace
+
+from cvae_pipeline.team.stack import ARTIFACTS_PREFIX, DATABASES, READER, WRITER
+from cvae_pipeline.team.tracking_server import basic_auth
+
+TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
+TINY_TRAIN = {"epochs": 1, "batch_size": 64}
+PIPELINE = ("train", "prior", "fid_reference", "sample", "evaluate")
+
+
+def call(stack, endpoint: str, body: dict | None = None, user: str | None = WRITER) -> tuple[int, dict | str]:
+    """A REST call to the stack's server as ``user`` (None: no credentials); (status, JSON or text)."""
+    headers = {"Content-Type": "application/json"}
+    if user:
+        headers["Authorization"] = basic_auth(*stack.credentials(user))
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{stack.server.url}/api/2.0/mlflow/{endpoint}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def ok(stack, endpoint: str, body: dict | None = None, user: str = WRITER) -> dict:
+    status, answer = call(stack, endpoint, body, user)
+    assert status == 200, (endpoint, status, answer)
+    return answer
+
+
+def sql(stack, query: str, *args) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(stack.postgres.uri(DATABASES[0])) as connection:
+        return connection.execute(query, args).fetchall()
+
+
+def tiny_workspace(root: Path, experiment: str = "cvae-cifar10") -> Path:
+    ws = train_workspace(root, TINY_MODEL, TINY_TRAIN)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["prior"].update(TINY_PRIOR)
+    params["sample"].update(per_class=3, steps=5)
+    params["evaluate"].update(kid_subsets=5, probe_folds=2, iw_samples=2)
+    params["mlflow"]["experiment"] = experiment
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return ws
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(team_stack, tmp_path_factory) -> Path:
+    """train → prior → fid_reference → sample → evaluate as the stack's writer, then sample and evaluate
+    again at another guidance (a second run, nested under the first): the workspace."""
+    ws = tiny_workspace(tmp_path_factory.mktemp("team") / "ws")
+    for stage in PIPELINE:
+        result = run_stage(stage, ws, env=team_stack.exports())
+        assert result.returncode == 0, f"{stage}:\n{result.stdout}\n{result.stderr}"
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sample"]["guidance"] = 1.5
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("sample", "evaluate"):
+        result = run_stage(stage, ws, env=team_stack.exports())
+        assert result.returncode == 0, f"{stage}:\n{result.stdout}\n{result.stderr}"
+    return ws
+
+
+@pytest.mark.slow
+def test_pipeline_runs_live_in_postgres_and_their_artifacts_in_the_bucket(team_stack, pipeline):
+    assert not (pipeline / "mlflow.db").exists()  # nothing went to the local default store
+    trained = json.loads((pipeline / "models" / "mlflow_run.json").read_text())["run_id"]
+    experiment = ok(team_stack, "experiments/get-by-name?experiment_name=cvae-cifar10")["experiment"]
+    runs = ok(team_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
+    (first,) = [r for r in runs if r["info"]["run_id"] == trained]
+    metrics = {m["key"]: m["value"] for m in first["data"]["metrics"]}
+    assert {"fid", "kid_mean", "class_consistency", "val_neg_elbo", "final_train_seconds"} <= set(metrics)
+    (second,) = [r for r in runs if r["info"]["run_id"] != trained]
+    reported = json.loads((pipeline / "reports" / "metrics.json").read_text())  # the second evaluation's
+    assert {m["key"]: m["value"] for m in second["data"]["metrics"]}["fid"] == pytest.approx(reported["fid"])
+
+    # the same facts, read from PostgreSQL itself
+    rows = sql(team_stack, "SELECT status, experiment_id FROM runs WHERE run_uuid = %s", trained)
+    assert rows == [("FINISHED", int(experiment["experiment_id"]))]
+    fid_rows = sql(team_stack, "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'fid'", trained)
+    assert fid_rows and fid_rows[0][0] == pytest.approx(metrics["fid"])
+    versions = sql(team_stack, "SELECT version, run_id FROM model_versions WHERE name = 'cvae-cifar10'")
+    assert {run_id for _, run_id in versions} == {trained, second["info"]["run_id"]}
+
+    # and the artifacts as objects in the bucket: the run's files and the logged generator's
+    keys = team_stack.objectstore.keys(f"{ARTIFACTS_PREFIX}/{experiment['experiment_id']}/")
+    assert any(k.endswith(f"{trained}/artifacts/samples/final_grid.png") for k in keys), keys
+    assert any(k.endswith(f"{trained}/artifacts/pipeline/params.yaml") for k in keys), keys
+    assert any(k.endswith("/MLmodel") for k in keys) and any(k.endswith("/model.pt") for k in keys), keys
+
+
+@pytest.mark.slow
+def test_the_registered_generator_is_served_from_the_team_server(team_stack, pipeline, tmp_path):
+    port = free_port()
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **team_stack.exports())
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/cvae-cifar10/1", "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port)]
+    with running_server(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": ["cat", 1], "params": {"seed": 1}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            images = np.asarray(json.loads(response.read())["predictions"])
+    assert images.shape == (2, 3, 32, 32) and np.isfinite(images).all()
+
+
+def test_the_server_demands_credentials_and_write_permission(team_stack):
+    status, _ = call(team_stack, "experiments/search", {"max_results": 1}, user=None)
+    assert status == 401
+    experiment_id = ok(team_stack, "experiments/create", {"name": f"auth-{time.time_ns()}"})["experiment_id"]
+    run_id = ok(team_stack, "runs/create", {"experiment_id": experiment_id})["run"]["info"]["run_id"]
+    metric = {"run_id": run_id, "key": "m", "value": 1.0, "timestamp": 0, "step": 0}
+    status, answer = call(team_stack, "runs/log-metric", metric, user=READER)
+    assert status == 403, answer
+    ok(team_stack, "runs/get?run_id=" + run_id, user=READER)  # reading is allowed
+    ok(team_stack, "runs/log-metric", metric, user=WRITER)
+
+
+def test_a_wrong_password_stops_a_stage_in_seconds_naming_the_server_and_the_fix(team_stack, tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    env = team_stack.exports() | {"MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+    start = time.monotonic()
+    result = run_stage("train", ws, env=env)
+    assert result.returncode == 1 and time.monotonic() - start < 60
+    assert last_line(result).startswith(
+        f"error: MLflow server {team_stack.server.url} refused the credentials of user 'writer' (401 Unauthorized); "
+        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    ), result.stderr
+    assert "Traceback" not in result.stderr and not (ws / "models" / "model.pt").exists()
+
+
+def test_a_reader_running_the_pipeline_is_told_it_may_not_write(team_stack, tmp_path):
+    name = f"readonly-{time.time_ns()}"
+    ok(team_stack, "experiments/create", {"name": name})  # the writer's experiment
+    ws = tiny_workspace(tmp_path / "ws", experiment=name)
+    result = run_stage("train", ws, env=team_stack.exports(READER))
+    assert result.returncode == 1, result.stdout
+    assert last_line(result).startswith(
+        f"error: MLflow server {team_stack.server.url}: user 'reader' may not write there (403 Permission denied)"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mlflow_gc_removes_a_deleted_runs_rows_and_objects(team_stack, tmp_path):
+    (tmp_path / "note.txt").write_text("to be collected")
+    env = clean_env(**team_stack.exports())
+    script = (
+        "import mlflow, sys; c = mlflow.MlflowClient(); "
+        f"e = c.create_experiment('gc-{time.time_ns()}'); r = c.create_run(e); "
+        f"c.log_artifact(r.info.run_id, {str(tmp_path / 'note.txt')!r}); c.log_metric(r.info.run_id, 'm', 1.0); "
+        "print(e, r.info.run_id)"
+    )
+    made = subprocess.run([str(BIN / "python"), "-c", script], env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    experiment_id, run_id = made.stdout.split()[-2:]
+    prefix = f"{ARTIFACTS_PREFIX}/{experiment_id}/{run_id}/"
+    assert team_stack.objectstore.keys(prefix) and sql(team_stack, "SELECT 1 FROM runs WHERE run_uuid = %s", run_id)
+
+    ok(team_stack, "runs/delete", {"run_id": run_id})
+    # gc deletes through the server's artifact proxy (the admin may delete anything), rows in PostgreSQL directly
+    admin = clean_env(**team_stack.exports("admin"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    gc = [str(BIN / "mlflow"), "gc", "--backend-store-uri", team_stack.postgres.uri(DATABASES[0]), "--run-ids", run_id]
+    collected = subprocess.run(gc, env=admin, capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert sql(team_stack, "SELECT 1 FROM runs WHERE run_uuid = %s", run_id) == []
+    assert sql(team_stack, "SELECT 1 FROM metrics WHERE run_uuid = %s", run_id) == []
+    assert team_stack.objectstore.keys(prefix) == []
+
+
+def test_postgres_down_fails_a_stage_in_seconds_with_one_line(team_stack, tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    team_stack.postgres.stop()
+    try:
+        start = time.monotonic()
+        result = run_stage("train", ws, env=team_stack.exports())
+        elapsed = time.monotonic() - start
+    finally:
+        team_stack.up()  # restarts what is down, on the same ports
+    assert result.returncode == 1 and elapsed < 60, (elapsed, result.stderr)
+    assert last_line(result).startswith(
+        f"error: MLflow server {team_stack.server.url} failed (503: its database is likely down or full)"
+    ), result.stderr
+    assert "Traceback" not in result.stderr and not (ws / "models" / "model.pt").exists()
+    ok(team_stack, "experiments/search", {"max_results": 1})  # the server serves again once it is back
+
+
+def test_the_object_store_down_fails_the_upload_with_one_line_and_marks_the_run_failed(team_stack, tmp_path):
+    name = f"s3-down-{time.time_ns()}"
+    ws = tiny_workspace(tmp_path / "ws", experiment=name)
+    team_stack.objectstore.stop()
+    try:
+        start = time.monotonic()
+        result = run_stage("train", ws, env=team_stack.exports())
+        elapsed = time.monotonic() - start
+    finally:
+        team_stack.up()
+    assert result.returncode == 1 and elapsed < 120, (elapsed, result.stderr)
+    assert last_line(result).startswith(
+        f"error: MLflow server {team_stack.server.url} failed (500: its artifact store is likely down or full)"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    experiment_id = ok(team_stack, "experiments/get-by-name?experiment_name=" + name)["experiment"]["experiment_id"]
+    (run,) = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    assert run["info"]["status"] == "FAILED"
+    assert team_stack.objectstore.ready()  # and the store is back for the tests after this one
+
+
+def chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    chromium() is None, reason="no chromium + chromedriver (`apt-get install chromium chromium-driver`; .ci/run does)"
+)
+def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_stack, pipeline, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1600,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    experiment_id = ok(team_stack, "experiments/get-by-name?experiment_name=cvae-cifar10")["experiment"][
+        "experiment_id"
+    ]
+    runs = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    fids = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "fid") for r in runs]
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        # basic auth for every request the page makes (the browser's login prompt cannot be answered headless)
+        driver.execute_cdp_cmd("Network.enable", {})
+        header = {"Authorization": basic_auth(*team_stack.credentials(READER))}
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": header})
+        wait = WebDriverWait(driver, 90)
+        driver.get(f"{team_stack.server.url}/#/experiments/{experiment_id}")
+        for run in runs:
+            wait.until(
+                EC.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{run['info']['run_name']}')]"))
+            )
+        body = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(tmp_path / "runs.png"))
+
+        ids = json.dumps([r["info"]["run_id"] for r in runs])
+        compare = f"{team_stack.server.url}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+        driver.get(compare + f"&experiments={urllib.parse.quote(json.dumps([experiment_id]))}")
+        wait.until(EC.presence_of_element_located((By.XPATH, "//*[contains(text(), 'fid')]")))
+        wait.until(lambda d: all(f"{fid:.4g}"[:5] in d.find_element(By.TAG_NAME, "body").text for fid in fids))
+        compared = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(tmp_path / "compare.png"))
+    finally:
+        driver.quit()
+    assert all(r["info"]["run_name"] in body for r in runs)
+    assert "Comparing 2 Runs" in compared or "Comparing 2 runs" in compared, compared[:500]
+    if target := os.environ.get("CVAE_UI_SCREENSHOTS"):  # how docs/img/mlflow-compare.png is made
+        shutil.copy(tmp_path / "compare.png", Path(target) / "mlflow-compare.png")
