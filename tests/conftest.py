@@ -182,9 +182,14 @@ def team_stack():
     import shutil
     import tempfile
 
-    from cvae_pipeline.team import Stack
+    from cvae_pipeline.team import Stack, StackError
+    from cvae_pipeline.team.postgres import binaries
     from cvae_pipeline.team.processes import alive, group_alive
 
+    try:
+        binaries()
+    except StackError as exc:
+        pytest.skip(str(exc))
     directory = Path(tempfile.mkdtemp(prefix="cvae-team-"))
     env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     cli = [str(BIN / "cvae"), "team"]

@@ -297,14 +297,19 @@ def test_report_and_compare_show_the_runs_side_by_side(dvc_repo: Path):
         assert side.width > 2 * grid.width and side.height > grid.height
 
 
-def tmp_path_factory_remote(repo: Path) -> Path:
-    """The DVC remote of these tests: beside the repository, so a second clone can reach it too."""
-    return repo.parent / "remote"
+def use_team_remote(stack, repo: Path) -> str:
+    """Make the team stack's bucket the DVC remote of ``repo`` the way a user does: ``cvae team up``
+    (a no-op for a running stack) with ``--dvc-repo``, which writes .dvc/config.local."""
+    out = sh("cvae", "team", "up", str(stack.directory), "--dvc-repo", str(repo), cwd=repo)
+    assert "DVC remote 's3://cvae-team/dvc' is the default remote" in out
+    assert "cvae-team" not in (repo / ".dvc" / "config").read_text()  # endpoint and keys stay out of git
+    return "dvc/"
 
 
-def test_dvc_remote_push_then_pull_restores_data_and_model(dvc_repo: Path):
-    sh("dvc", "remote", "add", "-f", "-d", "storage", str(tmp_path_factory_remote(dvc_repo)), cwd=dvc_repo)
+def test_dvc_push_to_the_s3_store_then_pull_restores_data_and_model(dvc_repo: Path, team_stack):
+    prefix = use_team_remote(team_stack, dvc_repo)
     sh("dvc", "push", cwd=dvc_repo)
+    assert len(team_stack.objectstore.keys(prefix)) > 10  # the outputs, as objects in the bucket
     model = (dvc_repo / "models" / "model.pt").read_bytes()
     shutil.rmtree(dvc_repo / ".dvc" / "cache")
     for out in ("models/model.pt", "data/prepared", "data/fid_reference"):
@@ -316,20 +321,27 @@ def test_dvc_remote_push_then_pull_restores_data_and_model(dvc_repo: Path):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=dvc_repo)
 
 
-def test_a_second_clone_at_another_path_pulls_and_resamples(dvc_repo: Path):
+def clone_path(repo: Path) -> Path:
+    return repo.parent / "elsewhere" / "clone"
+
+
+def test_a_second_clone_at_another_path_pulls_and_resamples(dvc_repo: Path, team_stack):
     """What "dvc pull on another machine" gives: the git history (models/mlflow_run.json names a run of
-    a store it does not have) and the DVC outputs. Re-sampling must work there, logging to a new run of
-    the clone's own store that names the run the model was trained in."""
+    a store it does not have) and the DVC outputs from the S3 store. Re-sampling must work there, re-running
+    only sample and evaluate, logging to a new run of the clone's own store that names the training run."""
     sh("git", "add", "-A", cwd=dvc_repo)
     sh("git", "commit", "-qm", "state to clone", "--allow-empty", cwd=dvc_repo)
-    clone = dvc_repo.parent / "elsewhere" / "clone"
+    clone = clone_path(dvc_repo)
     clone.parent.mkdir()
     sh("git", "clone", "-q", str(dvc_repo), str(clone), cwd=clone.parent)
+    use_team_remote(team_stack, clone)
     sh("dvc", "pull", cwd=clone)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
     assert not (clone / "mlflow.db").exists()
     trained_in = json.loads((clone / "models" / "mlflow_run.json").read_text())["run_id"]
     out = sh("dvc", "exp", "run", "-n", "resampled-elsewhere", "-S", "sample.temperature=0.7", cwd=clone)
-    assert "Running stage 'train'" not in out and "Running stage 'evaluate'" in out
+    ran = {stage for stage in ALL_STAGES if f"Running stage '{stage}'" in out}
+    assert ran == {"sample", "evaluate"}, out
     client = mlflow_client(clone)
     (run,) = client.search_runs([client.get_experiment_by_name("cvae-cifar10").experiment_id])
     assert run.data.tags["trained_in_run"] == trained_in and run.data.params["sample.temperature"] == "0.7"
@@ -349,3 +361,21 @@ def test_a_prior_experiment_refits_the_prior_only_and_nests_its_results(dvc_repo
     assert refit.data.tags["mlflow.parentRunId"] == trained_in and refit.data.params["prior.epochs"] == "3"
     assert "fid" in refit.data.metrics and "prior_val_loss" in refit.data.metrics
     assert json.loads((dvc_repo / "models" / "prior_run.json").read_text())["run_id"] == refit.info.run_id
+
+
+def test_an_experiment_travels_between_clones_through_git_and_the_s3_store(dvc_repo: Path, team_stack):
+    """``dvc exp push`` from the clone (its git refs to a bare remote, its outputs to the S3 store), then
+    ``dvc exp pull`` and ``dvc exp apply`` in the first repository restore that experiment's outputs."""
+    clone = clone_path(dvc_repo)
+    bare = dvc_repo.parent / "shared.git"
+    sh("git", "init", "-q", "--bare", str(bare), cwd=dvc_repo.parent)
+    for repo in (clone, dvc_repo):
+        sh("git", "remote", "add", "team", str(bare), cwd=repo)
+    sh("dvc", "exp", "push", "team", "resampled-elsewhere", cwd=clone)
+    samples = (clone / "data" / "samples" / "images.npy").read_bytes()
+    shutil.rmtree(dvc_repo / ".dvc" / "cache" / "files")  # so the outputs can only come from the bucket
+    sh("dvc", "exp", "pull", "team", "resampled-elsewhere", cwd=dvc_repo)
+    sh("dvc", "exp", "apply", "resampled-elsewhere", cwd=dvc_repo)
+    assert yaml.safe_load((dvc_repo / "params.yaml").read_text())["sample"]["temperature"] == 0.7
+    assert (dvc_repo / "data" / "samples" / "images.npy").read_bytes() == samples
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=dvc_repo)

@@ -237,6 +237,30 @@ def test_the_object_store_down_fails_the_upload_with_one_line_and_marks_the_run_
     assert team_stack.objectstore.ready()  # and the store is back for the tests after this one
 
 
+def text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def metric_row(driver, key: str) -> list[float] | None:
+    """The values in the compare view's metrics table for ``key`` (its name is a "Plot chart" link; the row
+    is the first ancestor that holds more than the name), or None while it is not rendered."""
+    from selenium.webdriver.common.by import By
+
+    links = driver.find_elements(By.XPATH, f"//a[@title='Plot chart' and normalize-space()='{key}']")
+    if not links:
+        return None
+    for depth in range(1, 10):
+        lines = links[0].find_element(By.XPATH, "/".join([".."] * depth)).text.split("\n")
+        if len(lines) > 1:
+            try:
+                return [float(v) for v in lines[1:]]
+            except ValueError:
+                return None
+    return None
+
+
 def chromium() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -251,7 +275,6 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = chromium()
@@ -282,24 +305,40 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
         header = {"Authorization": basic_auth(*team_stack.credentials(READER))}
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": header})
         wait = WebDriverWait(driver, 90)
-        driver.get(f"{team_stack.server.url}/#/experiments/{experiment_id}")
-        for run in runs:
-            wait.until(
-                EC.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{run['info']['run_name']}')]"))
-            )
-        body = driver.find_element(By.TAG_NAME, "body").text
+        driver.get(f"{team_stack.server.url}/#/experiments/{experiment_id}/runs")
+        (parent,) = [r for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"])]
+        wait.until(lambda d: parent["info"]["run_name"] in text(d))
+        for expander in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"):
+            driver.execute_script("arguments[0].click();", expander)  # unfold the nested run
+        wait.until(lambda d: all(r["info"]["run_name"] in text(d) for r in runs))
         driver.save_screenshot(str(tmp_path / "runs.png"))
 
-        ids = json.dumps([r["info"]["run_id"] for r in runs])
-        compare = f"{team_stack.server.url}/#/compare-runs?runs={urllib.parse.quote(ids)}"
-        driver.get(compare + f"&experiments={urllib.parse.quote(json.dumps([experiment_id]))}")
-        wait.until(EC.presence_of_element_located((By.XPATH, "//*[contains(text(), 'fid')]")))
-        wait.until(lambda d: all(f"{fid:.4g}"[:5] in d.find_element(By.TAG_NAME, "body").text for fid in fids))
-        compared = driver.find_element(By.TAG_NAME, "body").text
+        ids = urllib.parse.quote(json.dumps([r["info"]["run_id"] for r in runs]))
+        experiments = urllib.parse.quote(json.dumps([experiment_id]))
+        driver.get(f"{team_stack.server.url}/#/compare-runs?runs={ids}&experiments={experiments}")
+        wait.until(lambda d: "Comparing 2 Runs" in text(d))
+        shown = wait.until(lambda d: metric_row(d, "fid"))
+        compared = text(driver)
         driver.save_screenshot(str(tmp_path / "compare.png"))
     finally:
         driver.quit()
-    assert all(r["info"]["run_name"] in body for r in runs)
-    assert "Comparing 2 Runs" in compared or "Comparing 2 runs" in compared, compared[:500]
+    assert all(r["info"]["run_name"] in compared for r in runs)
+    assert sorted(shown) == pytest.approx(sorted(fids), rel=1e-3)  # the metrics table rounds to 2 decimals
     if target := os.environ.get("CVAE_UI_SCREENSHOTS"):  # how docs/img/mlflow-compare.png is made
         shutil.copy(tmp_path / "compare.png", Path(target) / "mlflow-compare.png")
+
+
+def test_team_env_prints_a_users_exports_and_refuses_a_folder_without_a_stack(team_stack, tmp_path):
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    shown = subprocess.run(
+        [str(BIN / "cvae"), "team", "env", str(team_stack.directory), "--user", READER],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [f"export {k}={v}" for k, v in team_stack.exports(READER).items()]
+    assert (team_stack.directory / "stack.json").stat().st_mode & 0o077 == 0  # its secrets are the owner's only
+    empty = subprocess.run([str(BIN / "cvae"), "team", "env", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert empty.returncode == 1
+    assert empty.stderr.strip() == f"error: no team stack runs in {tmp_path}; start it with `make team-up`"

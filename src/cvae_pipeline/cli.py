@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def cmd_team(args: argparse.Namespace) -> int:
         return 0
     if not stack.running():
         raise PipelineError(f"no team stack runs in {stack.directory}; start it with `make team-up`")
-    print("\n".join(f"export {k}={v}" for k, v in stack.exports(args.user).items()))
+    print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in stack.exports(args.user).items()))
     return 0
 
 

@@ -60,10 +60,10 @@ def run_stage(main: Callable[[], None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        from .tracking.store import tracking_failure
-
         end_active_runs("FAILED")
-        failure = tracking_failure(exc)
+        # only a stage that tracks has loaded the store module, and only it can fail that way
+        store = sys.modules.get(f"{__package__}.tracking.store")
+        failure = store.tracking_failure(exc) if store else None
         if failure is None:
             raise
         print(f"error: {failure}", file=sys.stderr)
