@@ -80,8 +80,9 @@ def test_a_cpu_forced_below_avx512_never_probes_and_trains_fp32():
 
 
 def test_auto_on_native_bf16_probes_every_candidate_and_takes_the_fastest(prepared, tmp_path, monkeypatch):
-    """The probe path, run for real: native bf16 is forced on (where the CPU lacks it bf16 is emulated,
-    so the probe must measure it slower and keep fp32); the choice is the fastest measured candidate."""
+    """The probe path, run for real: native bf16 is forced on (where the CPU lacks it, bf16 is emulated);
+    the choice is the fastest measured candidate. Which one that is, is timing: not asserted here (a loaded
+    machine can make a tiny model's emulated bf16 look fast); benchmarks/speed.py measures it."""
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: True)
     trainer = make_trainer(prepared, tmp_path)
     measured: dict[Precision, float] = {}
@@ -93,8 +94,6 @@ def test_auto_on_native_bf16_probes_every_candidate_and_takes_the_fastest(prepar
     choice = resolve("auto", CPU, probe)
     assert set(measured) == {FP32, BF16, BF16_CHANNELS_LAST}
     assert choice == choose("auto", True, measured)
-    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        assert choice.precision == FP32, choice.why  # emulated bf16 is slower than fp32 on such a CPU
 
 
 def test_the_probe_changes_nothing_the_training_draws_or_learns(prepared, tmp_path, monkeypatch):

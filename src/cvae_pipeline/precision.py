@@ -145,3 +145,17 @@ def resolve(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             timings = {candidate: probe(candidate) for candidate in wanted}
     return choose(setting, native, timings)
+
+
+def resume_or_resolve(
+    recorded: str | None,
+    setting: str,
+    device: torch.device,
+    probe: Callable[[Precision], float] | None,
+    candidates: Sequence[Precision] = (FP32, BF16, BF16_CHANNELS_LAST),
+) -> Choice:
+    """A resumed run keeps the precision its checkpoint ``recorded``: a new probe might decide otherwise,
+    and the rest of the run would then differ from an uninterrupted one. Otherwise :func:`resolve`."""
+    if recorded:
+        return Choice(Precision.parse(recorded), "the checkpoint's, which this run resumes")
+    return resolve(setting, device, probe, candidates)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import PriorParams
 from ..errors import PipelineError
-from ..precision import FP32, Choice, Precision, resolve, seconds_per_step
+from ..precision import FP32, Choice, Precision, resume_or_resolve, seconds_per_step
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.loop import ema_with_warmup, optimizer_implementation
 from ..training.schedules import lr_factor
@@ -137,10 +137,9 @@ class PriorTrainer:
 
     def choose_precision(self) -> Choice:
         """``prior.precision`` resolved on this machine (a resumed run keeps its checkpoint's choice)."""
-        if self.resumed_precision:
-            choice = Choice(Precision.parse(self.resumed_precision), "the checkpoint's, which this run resumes")
-        else:
-            choice = resolve(self.cfg.precision, self.device, self.seconds_per_step, candidates=_MLP_CANDIDATES)
+        choice = resume_or_resolve(
+            self.resumed_precision, self.cfg.precision, self.device, self.seconds_per_step, _MLP_CANDIDATES
+        )
         self.precision = choice.precision
         return choice
 

@@ -17,7 +17,7 @@ from ..errors import PipelineError
 from ..io import save_png
 from ..models import build_model
 from ..models.artifact import save_trained_model
-from ..precision import Choice, Precision, resolve
+from ..precision import Choice, resume_or_resolve
 from ..runtime import resolve_device
 from . import distributed
 from .checkpoint import code_fingerprint, fingerprint
@@ -32,10 +32,11 @@ def training_precision(trainer: Trainer, dist: distributed.Distributed) -> Choic
     """``train.precision`` resolved on this machine: a resumed run keeps its checkpoint's choice (a probe
     might decide otherwise and the rest of the run would then differ from an uninterrupted one); under
     torchrun rank 0 probes and every process uses its choice."""
-    if name := trainer.extra.get("precision"):
-        return Choice(Precision.parse(name), "the checkpoint's, which this run resumes")
-    choice = resolve(trainer.cfg.precision, trainer.device, trainer.seconds_per_step) if dist.is_main else None
-    return dist.broadcast(choice)
+    recorded = trainer.extra.get("precision")
+    if not recorded and not dist.is_main:
+        return dist.broadcast(None)  # rank 0's probe decides
+    choice = resume_or_resolve(recorded, trainer.cfg.precision, trainer.device, trainer.seconds_per_step)
+    return choice if recorded else dist.broadcast(choice)  # a resumed checkpoint is the same in every process
 
 
 def train_process(params: PipelineParams, params_file: Path, dist: distributed.Distributed) -> None:
