@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -243,21 +244,41 @@ def text(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def metric_row(driver, key: str) -> list[float] | None:
-    """The values in the compare view's metrics table for ``key`` (its name is a "Plot chart" link; the row
-    is the first ancestor that holds more than the name), or None while it is not rendered."""
+def grid_cells(grid) -> dict[tuple[int, int], str]:
+    """The rendered cells of a react-virtualized grid by (row, column), from their absolute positions."""
     from selenium.webdriver.common.by import By
 
-    links = driver.find_elements(By.XPATH, f"//a[@title='Plot chart' and normalize-space()='{key}']")
-    if not links:
-        return None
-    for depth in range(1, 10):
-        lines = links[0].find_element(By.XPATH, "/".join([".."] * depth)).text.split("\n")
-        if len(lines) > 1:
-            try:
-                return [float(v) for v in lines[1:]]
-            except ValueError:
+    cells = {}
+    for cell in grid.find_elements(By.XPATH, ".//*[@role='rowgroup']/*"):
+        box = {k: float(v) for k, v in re.findall(r"(top|left|width|height): ([\d.]+)px", cell.get_attribute("style"))}
+        cells[round(box["top"] / box["height"]), round(box["left"] / box["width"])] = cell.get_attribute(
+            "textContent"
+        ).strip()
+    return cells
+
+
+def metric_row(driver, key: str, runs: int = 2) -> list[float] | None:
+    """The values of metric ``key`` in the compare view's metrics table, or None while it is not rendered.
+    The table is two virtualised grids side by side (the names; the values, one column per run): both are
+    scrolled until the name's row is rendered in both (React re-renders them meanwhile: found afresh)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for _ in range(60):
+        try:
+            links = driver.find_elements(By.XPATH, "//a[@title='Plot chart']")
+            if not links:
                 return None
+            names_grid = links[0].find_element(By.XPATH, "./ancestor::*[@role='grid'][1]")
+            values_grid = names_grid.find_element(By.XPATH, "../../*[2]//*[@role='grid']")
+            rows = {name: row for (row, _), name in grid_cells(names_grid).items()}
+            values = grid_cells(values_grid)
+            if key in rows and all((rows[key], col) in values for col in range(runs)):
+                return [float(values[rows[key], col]) for col in range(runs)]
+            for grid in (names_grid, values_grid):
+                driver.execute_script("arguments[0].scrollTop += 200", grid)
+        except StaleElementReferenceException:
+            continue
     return None
 
 
