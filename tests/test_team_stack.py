@@ -200,15 +200,21 @@ def test_mlflow_gc_removes_a_deleted_runs_rows_and_objects(team_stack, tmp_path)
     assert team_stack.objectstore.keys(prefix) == []
 
 
-def test_postgres_down_fails_a_stage_in_seconds_with_one_line(team_stack, tmp_path):
-    ws = tiny_workspace(tmp_path / "ws")
-    team_stack.postgres.stop()
+def train_while_down(stack, service, ws: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """``train`` in ``ws`` as the writer while ``service`` of the stack is stopped, and its seconds;
+    ``up`` then restarts what is down, on the same ports, for the tests after this one."""
+    service.stop()
     try:
         start = time.monotonic()
-        result = run_stage("train", ws, env=team_stack.exports())
-        elapsed = time.monotonic() - start
+        result = run_stage("train", ws, env=stack.exports())
+        return result, time.monotonic() - start
     finally:
-        team_stack.up()  # restarts what is down, on the same ports
+        stack.up()
+
+
+def test_postgres_down_fails_a_stage_in_seconds_with_one_line(team_stack, tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    result, elapsed = train_while_down(team_stack, team_stack.postgres, ws)
     assert result.returncode == 1 and elapsed < 60, (elapsed, result.stderr)
     assert last_line(result).startswith(
         f"error: MLflow server {team_stack.server.url} failed (503: its database is likely down or full)"
@@ -220,13 +226,7 @@ def test_postgres_down_fails_a_stage_in_seconds_with_one_line(team_stack, tmp_pa
 def test_the_object_store_down_fails_the_upload_with_one_line_and_marks_the_run_failed(team_stack, tmp_path):
     name = f"s3-down-{time.time_ns()}"
     ws = tiny_workspace(tmp_path / "ws", experiment=name)
-    team_stack.objectstore.stop()
-    try:
-        start = time.monotonic()
-        result = run_stage("train", ws, env=team_stack.exports())
-        elapsed = time.monotonic() - start
-    finally:
-        team_stack.up()
+    result, elapsed = train_while_down(team_stack, team_stack.objectstore, ws)
     assert result.returncode == 1 and elapsed < 120, (elapsed, result.stderr)
     assert last_line(result).startswith(
         f"error: MLflow server {team_stack.server.url} failed (500: its artifact store is likely down or full)"
@@ -296,6 +296,7 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = chromium()
@@ -340,6 +341,17 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
         wait.until(lambda d: "Comparing 2 Runs" in text(d))
         shown = wait.until(lambda d: metric_row(d, "fid"))
         compared = text(driver)
+        # as a user would: close the assistant panel, put FID on the parallel-coordinates plot
+        for close in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id$='assistant.chat_panel.close']"):
+            close.click()
+        metrics_box = driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']")[1]
+        selector = metrics_box.find_element(By.XPATH, "./ancestor::div[contains(@class, 'select-selector')][1]")
+        for remove in selector.find_elements(By.CSS_SELECTOR, "[class*='selection-item-remove']"):
+            driver.execute_script("arguments[0].click();", remove)
+        metrics_box.send_keys("fid")
+        wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(@class, 'select-item-option') and @title='fid']"))
+        metrics_box.send_keys(Keys.ENTER, Keys.ESCAPE)
+        wait.until(lambda d: d.find_elements(By.XPATH, "//*[local-name()='text' and @data-unformatted='fid']"))
         driver.save_screenshot(str(tmp_path / "compare.png"))
     finally:
         driver.quit()
