@@ -40,7 +40,9 @@ def end_active_runs(status: str) -> None:
     if mlflow is None:
         return
     try:
-        while mlflow.active_run() is not None:
+        for _ in range(8):  # nested runs: the innermost first
+            if mlflow.active_run() is None:
+                return
             mlflow.end_run(status)
     except Exception:  # the store itself is gone: nothing more can be recorded
         pass
