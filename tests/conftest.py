@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +20,35 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/archives.py
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BIN = Path(sys.executable).parent  # the venv's console scripts: dvc, mlflow, cvae
+
+
+#: the smallest model and training the stage tests use (seconds per stage on two cores)
+TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
+TINY_TRAIN = {"epochs": 1, "batch_size": 64}
+
+# --- the robustness figures ----------------------------------------------------------------------
+# Fault, fuzz and load tests count what they injected and how it ended; the counts are printed after
+# the test run and, with CVAE_ROBUSTNESS_REPORT=<file.json>, written there (benchmarks/robustness.py).
+ROBUSTNESS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+ROBUSTNESS_FIGURES: dict[str, dict] = {}
+
+
+def tally(area: str, outcome: str, n: int = 1) -> None:
+    ROBUSTNESS[area][outcome] += n
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not ROBUSTNESS and not ROBUSTNESS_FIGURES:
+        return
+    terminalreporter.section("robustness figures")
+    for area, counts in sorted(ROBUSTNESS.items()):
+        terminalreporter.write_line(f"{area}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for name, figures in sorted(ROBUSTNESS_FIGURES.items()):
+        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    out = os.environ.get("CVAE_ROBUSTNESS_REPORT")
+    if out:
+        report = {"counts": {k: dict(v) for k, v in ROBUSTNESS.items()}, "figures": ROBUSTNESS_FIGURES}
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def free_port() -> int:
@@ -75,7 +106,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return {**env, **overrides}
 
 
-def run_stage(stage: str, cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_stage(stage: str, cwd: Path, *args: str, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
     """Run ``stages/<stage>.py`` as DVC would (a subprocess in the workspace)."""
     return subprocess.run(
         [sys.executable, str(REPO / "stages" / f"{stage}.py"), *args],
@@ -84,6 +115,7 @@ def run_stage(stage: str, cwd: Path, *args: str, env: dict | None = None) -> sub
         text=True,
         env=clean_env(**(env or {})),
         timeout=900,
+        **popen,
     )
 
 

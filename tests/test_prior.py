@@ -152,7 +152,7 @@ def test_the_prior_file_fails_with_one_line_when_missing_damaged_or_stale(tmp_pa
     with pytest.raises(PipelineError, match="fitted prior missing; run `dvc repro prior`"):
         load_prior(path)
     path.write_bytes(b"not a torch file")
-    with pytest.raises(PipelineError, match=r"not a readable fitted prior .*`dvc repro -f prior`"):
+    with pytest.raises(PipelineError, match=r"damaged or not the file expected here .*`dvc repro -f prior`"):
         load_prior(path)
     save_prior(path, "none", "abc", ["a", "b"], None)
     assert load_prior(path, "abc") == ("none", None)
@@ -221,5 +221,6 @@ def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert (
-        lines[0].startswith("error: models/prior.pt: not a readable fitted prior") and "dvc repro -f prior" in lines[0]
+        lines[0].startswith("error: models/prior.pt: damaged or not the file expected here")
+        and "dvc repro -f prior" in lines[0]
     )

@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_prepared, run_stage, train_workspace
+from conftest import REPO, TINY_MODEL, make_prepared, run_stage, train_workspace
 
 from cvae_pipeline import io as atomic_io
 from cvae_pipeline.errors import ConfigError, PipelineError
 from cvae_pipeline.samples import SampleSet
-
-TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
 
 
 def params_workspace(root: Path, **sections) -> Path:
@@ -127,7 +125,10 @@ def test_sample_with_a_damaged_model_is_one_line(tmp_path, damage):
         {"truncated": data[: len(data) // 2], "garbled": data[:100] + bytes(len(data) - 100), "empty": b""}[damage]
     )
     line = one_line_error(run_stage("sample", ws))
-    assert line.startswith("error: models/model.pt: not a readable trained model") and "dvc repro -f train" in line
+    assert (
+        line.startswith("error: models/model.pt: damaged or not the file expected here")
+        and "dvc repro -f train" in line
+    )
 
 
 def test_a_model_file_missing_a_param_names_it_instead_of_using_todays_default(tmp_path):

@@ -22,13 +22,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, TINY_PRIOR, clean_env, free_port, run_stage, running_server, train_workspace
+from conftest import (
+    BIN,
+    TINY_MODEL,
+    TINY_PRIOR,
+    TINY_TRAIN,
+    clean_env,
+    free_port,
+    run_stage,
+    running_server,
+    train_workspace,
+)
 
 from cvae_pipeline.team.stack import ARTIFACTS_PREFIX, DATABASES, READER, WRITER
 from cvae_pipeline.team.tracking_server import basic_auth
 
-TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
-TINY_TRAIN = {"epochs": 1, "batch_size": 64}
 PIPELINE = ("train", "prior", "fid_reference", "sample", "evaluate")
 
 

@@ -6,10 +6,7 @@ import json
 import time
 
 import yaml
-from conftest import free_port, run_stage, train_workspace
-
-TINY_MODEL = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
-TINY_TRAIN = {"epochs": 1, "batch_size": 64}
+from conftest import TINY_MODEL, TINY_TRAIN, free_port, run_stage, train_workspace
 
 
 def test_stage_fails_within_seconds_naming_an_unreachable_server(tmp_path):

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import WriteError, write_failure
+
 
 def _default_mode(directory: bool) -> int:
     """Permissions a plain open()/mkdir() would give (mkstemp/mkdtemp use 0600/0700)."""
@@ -58,6 +60,18 @@ def recover_directory(target: str | os.PathLike) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def _raise_storage_failure(exc: BaseException, tmp: Path, target: Path) -> None:
+    """A full disk or a file-size limit while writing into ``tmp``: one line naming the output (the file
+    inside it when the error says which), its cause and the fix; the old output is still in place."""
+    if isinstance(exc, WriteError):  # from an atomic_file inside an atomic_directory: name the real path
+        raise WriteError(str(exc).replace(str(tmp), str(target))) from None
+    filename = getattr(exc, "filename", None)
+    where = Path(str(filename).replace(str(tmp), str(target))) if filename else target
+    failure = write_failure(exc, where, written=tmp)
+    if failure is not None:
+        raise failure from None
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``target`` on success.
@@ -74,7 +88,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, _default_mode(directory=True))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except (OSError, RuntimeError, WriteError) as exc:
+            _raise_storage_failure(exc, tmp, target)
+            raise
         if not target.exists():
             os.replace(tmp, target)
         elif target.is_dir() and _exchange(tmp, target):
@@ -98,7 +116,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, _default_mode(directory=False))
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except (OSError, RuntimeError) as exc:
+            _raise_storage_failure(exc, Path(tmp), path)
+            raise
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

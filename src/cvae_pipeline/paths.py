@@ -42,3 +42,35 @@ PER_CLASS_PLOT = Path("reports/per_class.csv")
 
 # `cvae report` / `cvae compare` (not pipeline outputs)
 COMPARE_DIR = Path("reports/compare")
+
+#: the stage that writes each output (and each resume file), for errors that say what re-creates a
+#: damaged file; dvc.yaml's outs say the same (a test keeps the two in step)
+PRODUCERS = {
+    RAW_DIR: "download",
+    PREPARED_DIR: "prepare",
+    DATA_FACTS: "prepare",
+    FID_REFERENCE_DIR: "fid_reference",
+    MODEL_FILE: "train",
+    CHECKPOINT: "train",
+    TRAIN_RUN_FILE: "train",
+    TRAIN_REPORTS: "train",
+    PRIOR_FILE: "prior",
+    PRIOR_CHECKPOINT: "prior",
+    PRIOR_RUN_FILE: "prior",
+    PRIOR_REPORTS: "prior",
+    SAMPLES_DIR: "sample",
+    SAMPLES_GRID: "sample",
+    EVAL_DIR: "evaluate",
+    METRICS: "evaluate",
+    PER_CLASS_PLOT: "evaluate",
+}
+
+
+def producer(path: str | Path) -> str | None:
+    """The stage that writes ``path`` (relative to the workspace or below any folder), or None."""
+    parts = Path(path).parts
+    for output, stage in sorted(PRODUCERS.items(), key=lambda item: -len(item[0].parts)):
+        n = len(output.parts)
+        if any(parts[i : i + n] == output.parts for i in range(len(parts) - n + 1)):
+            return stage
+    return None

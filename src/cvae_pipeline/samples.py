@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import PipelineError, reading
 
 IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.npy"
@@ -45,16 +45,15 @@ class SampleSet:
         missing = [name for name in (IMAGES_FILE, LABELS_FILE, CLASSES_FILE) if not (directory / name).is_file()]
         if missing:
             raise PipelineError(f"{directory}: no sample set ({', '.join(missing)} missing); run `dvc repro sample`")
-        try:
+        with reading(directory / IMAGES_FILE, "sample"):
             images = np.load(directory / IMAGES_FILE)
+        with reading(directory / LABELS_FILE, "sample"):
             labels = np.load(directory / LABELS_FILE)
+        with reading(directory / CLASSES_FILE, "sample"):
             classes = json.loads((directory / CLASSES_FILE).read_text())
-            sampling_file = directory / SAMPLING_FILE
+        sampling_file = directory / SAMPLING_FILE
+        with reading(sampling_file, "sample"):
             sampling = json.loads(sampling_file.read_text()) if sampling_file.is_file() else {}
-        except (OSError, ValueError) as exc:
-            raise PipelineError(
-                f"{directory}: unreadable sample set ({exc}); re-create it with `dvc repro -f sample`"
-            ) from None
         if (
             images.dtype != np.uint8
             or images.ndim != 4
@@ -70,4 +69,5 @@ class SampleSet:
     @staticmethod
     def generator_uri(directory: Path) -> str | None:
         path = Path(directory) / GENERATOR_FILE
-        return json.loads(path.read_text())["model_uri"] if path.is_file() else None
+        with reading(path, "sample"):
+            return json.loads(path.read_text())["model_uri"] if path.is_file() else None

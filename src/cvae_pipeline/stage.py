@@ -3,7 +3,9 @@
 A :class:`~cvae_pipeline.errors.PipelineError` ends the stage with
 ``error: <message>`` on stderr and exit status 1, so ``dvc repro`` stops with
 the reason on screen; so does a tracking server that fails mid-stage (down, its database or
-artifact store down, a user without write permission). Anything else is a bug and keeps its traceback.
+artifact store down, a user without write permission), and a disk that fills up or a file-size limit
+(an output written through ``io.atomic_*`` names itself; any other write names its file when the
+error does). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from .config import DEFAULT_PARAMS_FILE
-from .errors import PipelineError
+from .errors import PipelineError, write_failure
 
 #: the oldest Python the project runs on: tarfile's extraction filters (data/archive.py) arrived in
 #: 3.11.4. pyproject.toml's requires-python says the same (a test keeps the two in step).
@@ -65,7 +67,7 @@ def run_stage(main: Callable[[], None]) -> None:
         end_active_runs("FAILED")
         # only a stage that tracks has loaded the store module, and only it can fail that way
         store = sys.modules.get(f"{__package__}.tracking.store")
-        failure = store.tracking_failure(exc) if store else None
+        failure = write_failure(exc, getattr(exc, "filename", None)) or (store.tracking_failure(exc) if store else None)
         if failure is None:
             raise
         print(f"error: {failure}", file=sys.stderr)

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ArchiveError, PipelineError
+from ..errors import DISK_FULL_ERRNOS, ArchiveError, PipelineError
 from ..io import atomic_directory
 
 
@@ -64,6 +64,8 @@ def extract_tar(archive: Path, dest: Path) -> None:
     except ArchiveError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError, lzma.LZMAError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise  # the disk, not the archive: atomic_directory names the output
         raise ArchiveError(
             f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); "
             "re-download it or check data.sources"

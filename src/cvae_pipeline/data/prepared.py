@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import PrepareParams
-from ..errors import DatasetError
+from ..errors import DatasetError, reading
 from ..io import atomic_directory
 from .readers import IMAGE_SIZE, DecodedDataset, Split
 from .splits import stratified_split, stratified_subset
@@ -112,7 +112,15 @@ def load_prepared(prepared_dir: str | Path, split: str, mmap: bool = True) -> Pr
     for path in paths:
         if not path.is_file():
             raise DatasetError(f"{path}: missing; run `dvc repro prepare` first")
-    images = np.load(paths[0], mmap_mode="r" if mmap else None)
-    labels = np.load(paths[1])
-    classes = json.loads(paths[2].read_text())
+    with reading(paths[0]):
+        images = np.load(paths[0], mmap_mode="r" if mmap else None)
+    with reading(paths[1]):
+        labels = np.load(paths[1])
+    with reading(paths[2]):
+        classes = json.loads(paths[2].read_text())
+    if images.ndim != 4 or len(labels) != len(images) or not isinstance(classes, list):
+        raise DatasetError(
+            f"{prepared_dir}: {split} images {list(images.shape)} with {len(labels)} labels and classes {classes!r} "
+            "do not belong together; re-create them with `dvc repro -f prepare`"
+        )
     return PreparedSplit(images, labels, classes)

@@ -80,7 +80,10 @@ def _decode_image(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot decode image ({exc}); the archive is damaged") from None
+        raise DatasetError(
+            f"{path}: cannot decode image ({exc}); re-create it with `dvc repro -f download` "
+            "(if that fails too, the archive itself is damaged)"
+        ) from None
     if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise DatasetError(f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
     return array

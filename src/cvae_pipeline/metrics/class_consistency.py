@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..errors import PipelineError
+from ..errors import PipelineError, reading
 from ..io import atomic_file
 
 
@@ -83,7 +83,7 @@ class LinearProbe:
     def load(cls, path: Path) -> LinearProbe:
         if not Path(path).is_file():
             raise PipelineError(f"{path}: missing; run `dvc repro fid_reference` first")
-        with np.load(path) as data:
+        with reading(path), np.load(path) as data:
             return cls(
                 data["mean"],
                 data["scale"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..errors import PipelineError, reading
 from ..io import atomic_file
 
 
@@ -39,7 +39,7 @@ class Statistics:
 
     @classmethod
     def load(cls, path: Path) -> Statistics:
-        with np.load(path) as data:
+        with reading(path), np.load(path) as data:
             if "mu" not in data or "sigma" not in data:
                 raise PipelineError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')")
             count = int(data["count"]) if "count" in data else -1

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import PipelineError
+from ..errors import PipelineError, reading
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
 
@@ -61,9 +61,11 @@ def load_image_set(path: str | Path) -> ImageSet:
     if not path.is_file():
         raise PipelineError(f"{path}: no such folder or file")
     if path.suffix == ".npy":
-        return ImageSet(path, images=_channels_first(np.load(path), path))
+        with reading(path):
+            images = np.load(path)
+        return ImageSet(path, images=_channels_first(images, path))
     if path.suffix == ".npz":
-        with np.load(path) as data:
+        with reading(path), np.load(path) as data:
             if "mu" in data and "sigma" in data:
                 return ImageSet(path, stats=(data["mu"], data["sigma"]))
             if "features" in data:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..errors import PipelineError, reading
 from ..io import atomic_file
 
 FEATURES_FILE = "features.npz"
@@ -34,7 +34,7 @@ class FeatureSet:
     def load(cls, path: Path) -> FeatureSet:
         if not Path(path).is_file():
             raise PipelineError(f"{path}: missing; run `dvc repro` (the fid_reference or evaluate stage) first")
-        with np.load(path) as data:
+        with reading(path), np.load(path) as data:
             return cls(data["features"].astype(np.float64), data["labels"], [str(c) for c in data["classes"]])
 
     def of_class(self, label: int) -> np.ndarray:

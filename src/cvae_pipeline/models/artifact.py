@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PipelineError
+from ..errors import PipelineError, reading
 from ..io import atomic_file
 from .base import BaseCVAE
 
@@ -31,15 +31,9 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: trained model missing; run `dvc repro train` first")
-    try:
+    with reading(path, "train"):  # truncated, garbled, not a torch file, or not ours
         saved = torch.load(path, map_location="cpu", weights_only=True)
         classes, state, model_params = saved["classes"], saved["state_dict"], saved["model_params"]
-    except Exception as exc:  # truncated, garbled, not a torch file, or not ours: all mean "re-create it"
-        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"{path}: not a readable trained model ({type(exc).__name__}: {cause}); "
-            "re-create it with `dvc repro -f train`"
-        ) from None
     try:
         # every key comes from the file: the params it was trained with, never today's defaults
         params = ModelParams.model_validate(model_params)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PipelineError
+from ..errors import PipelineError, reading
 from ..io import atomic_file
 from .diffusion import Denoiser, GaussianDiffusion
 from .gmm import ClassGMM
@@ -108,7 +108,7 @@ def load_prior(path: Path, model_sha256: str | None = None) -> tuple[str, Fitted
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: fitted prior missing; run `dvc repro prior`")
-    try:
+    with reading(path, "prior"):  # truncated, garbled, not a torch file, or not ours
         state = torch.load(path, map_location="cpu", weights_only=True)
         kind = state["kind"]
         if kind == "gmm":
@@ -125,12 +125,6 @@ def load_prior(path: Path, model_sha256: str | None = None) -> tuple[str, Fitted
             prior = None
         else:
             raise ValueError(f"unknown kind {kind!r}")
-    except Exception as exc:  # truncated, garbled, not ours: all mean "re-create it"
-        cause = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"{path}: not a readable fitted prior ({type(exc).__name__}: {cause}); "
-            "re-create it with `dvc repro -f prior`"
-        ) from None
     if model_sha256 is not None and state.get("model_sha256") != model_sha256:
         raise PipelineError(
             f"{path} was fitted on the latents of another trained model; re-fit it with `dvc repro prior`"
