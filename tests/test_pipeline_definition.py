@@ -120,3 +120,14 @@ def test_every_stage_runs_its_own_checkouts_code(tmp_path: Path):
         )
         assert result.returncode == 0, result.stderr
         assert "loaded the copy" in result.stderr, f"stage {stage} ran the editable install's code: {spec['cmd']}"
+
+
+def test_each_output_names_the_stage_that_writes_it():
+    """paths.producer, which error messages use to say what re-creates a damaged file, agrees with dvc.yaml."""
+    for stage, spec in pipeline().items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in spec.get(kind, []):
+                out = entry if isinstance(entry, str) else next(iter(entry))
+                assert paths.producer(out) == stage, (
+                    f"{out}: dvc.yaml says {stage}, paths.producer {paths.producer(out)}"
+                )
