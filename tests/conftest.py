@@ -17,6 +17,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/archives.py
 
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Fuzzing (tests/test_fuzz.py): seeded, so CI fails the same way twice; a few hundred cases per test by
+# default, 10,000 with --hypothesis-profile=full (benchmarks/robustness.py). Time per case is bounded by
+# the tests themselves: hypothesis's deadline would turn a loaded machine into flaky failures.
+_FUZZ = {"derandomize": True, "deadline": None, "print_blob": True}
+_FUZZ["suppress_health_check"] = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=300, **_FUZZ)
+settings.register_profile("full", max_examples=10_000, **_FUZZ)
+settings.load_profile("ci")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BIN = Path(sys.executable).parent  # the venv's console scripts: dvc, mlflow, cvae

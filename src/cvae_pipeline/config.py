@@ -315,12 +315,19 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _one_line(text: str, limit: int = 100) -> str:
+    """``text`` as it may stand inside a one-line message: control characters escaped (a key "\\r" must
+    not break the line), cut at ``limit`` characters."""
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem: ``<file>: <key> = <value>: <what is allowed>``."""
     lines = []
     for err in error.errors():
         loc = tuple(err["loc"])
-        key = _dotted(loc) or "<root>"
+        key = _one_line(_dotted(loc)) or "<root>"
         if err["type"] == "extra_forbidden":
             owner = _model_at(loc)
             allowed = ", ".join(owner.model_fields) if owner else "see README"
@@ -328,8 +335,8 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         elif err["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key} = {err['input']!r} is invalid: {msg}")
+            msg = _one_line(err["msg"].removeprefix("Value error, "), 300)
+            lines.append(f"{source}: {key} = {_one_line(repr(err['input']))} is invalid: {msg}")
     return "\n".join(lines)
 
 

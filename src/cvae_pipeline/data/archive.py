@@ -22,9 +22,22 @@ from pathlib import Path
 from ..errors import DISK_FULL_ERRNOS, ArchiveError, PipelineError
 from ..io import atomic_directory
 
+#: what an archive may unpack to in all: CIFAR-10 is under 200 MB in either layout; the cap stops a
+#: decompression bomb (or a header that lies about a size) before it fills the disk
+MAX_EXTRACTED_BYTES = 2 * 1024**3
+
 
 def _strict_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
+    total = 0
+
     def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        nonlocal total
+        total += member.size
+        if total > MAX_EXTRACTED_BYTES:
+            raise ArchiveError(
+                f"{archive}: refused: it unpacks to more than {MAX_EXTRACTED_BYTES // 1024**3} GiB "
+                f"(at '{member.name}'); a CIFAR-10 archive holds under 200 MB"
+            )
         if member.issym() or member.islnk():
             raise ArchiveError(
                 f"{archive}: refused link entry '{member.name}' -> '{member.linkname}'; "
@@ -52,11 +65,12 @@ def extract_tar(archive: Path, dest: Path) -> None:
     ``tarfile`` stops reading at the end-of-archive marker, before the compressed stream's own
     check (gzip's CRC-32 and length, bz2's and xz's checksums) is reached: the rest of the stream is
     read here, so a damaged archive fails even when its damage decompresses cleanly."""
-    if not tarfile.is_tarfile(archive):
-        raise ArchiveError(
-            f"{archive}: not a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); point data.sources at a CIFAR-10 tarball"
-        )
     try:
+        if not tarfile.is_tarfile(archive):  # itself raises on a compressed stream cut short
+            raise ArchiveError(
+                f"{archive}: not a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); "
+                "point data.sources at a CIFAR-10 tarball"
+            )
         with tarfile.open(archive, mode="r:*", errorlevel=2) as tar:
             tar.extractall(dest, filter=_strict_filter(archive))
             while tar.fileobj.read(1 << 20):  # to the end: the decompressor verifies its checksum there

@@ -154,9 +154,10 @@ def read_python_batches(root: Path) -> DecodedDataset:
     already pins the content.
     """
     meta = _load_batch(root / "batches.meta")
-    classes = [str(name) for name in meta.get("label_names", [])]
-    if not classes:
-        raise ArchiveError(f"{root / 'batches.meta'}: has no label_names")
+    names = meta.get("label_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise ArchiveError(f"{root / 'batches.meta'}: label_names is not a list of class names")
+    classes = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
     files = {"train": sorted(root.glob("data_batch_*")), "test": [root / "test_batch"]}
     splits = {}
     for split, paths in files.items():
@@ -166,8 +167,10 @@ def read_python_batches(root: Path) -> DecodedDataset:
             try:
                 data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
                 batch_labels = np.asarray(batch["labels"], dtype=np.int64)
-            except (KeyError, ValueError) as exc:
-                raise ArchiveError(f"{path}: malformed CIFAR-10 batch ({exc})") from None
+                if len(batch_labels) != len(data) or batch_labels.ndim != 1:
+                    raise ValueError(f"{len(batch_labels)} labels for {len(data)} images")
+            except (KeyError, ValueError, TypeError, OverflowError) as exc:  # whatever the pickle holds instead
+                raise ArchiveError(f"{path}: malformed CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
             images.append(data)
             labels.append(batch_labels)
         splits[split] = Split(np.concatenate(images), np.concatenate(labels))

@@ -47,7 +47,10 @@ def read_folder(folder: Path) -> np.ndarray:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
     if not files:
         raise PipelineError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    images = []
+    for file in files:
+        with reading(file), Image.open(file) as image:
+            images.append(np.asarray(image.convert("RGB")))
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise PipelineError(f"{folder}: images differ in size ({sorted(shapes)[:3]} ...); resize them first")
