@@ -165,39 +165,124 @@ def test_generator_serves_in_the_precision_its_samples_were_drawn_in(store, tmp_
         without.predict(["cat"], params={"latents": "fitted"})
 
 
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post(url: str, body, content_type: str = "application/json") -> tuple[int, dict]:
+    """POST ``body`` (JSON-encoded unless bytes); the status and the decoded answer."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        answer = exc.read()
+        try:
+            return exc.code, json.loads(answer or b"{}")
+        except ValueError:
+            return exc.code, {"message": answer.decode(errors="replace")}
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its children (the server's workers), in MB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+@pytest.fixture(scope="module")
+def served(store, tmp_path_factory):
+    """A real ``mlflow models serve`` of a generator that ships a diffusion prior, as sample logs it:
+    (invocations URL, server process)."""
+    folder = tmp_path_factory.mktemp("served")
+    toy_prior(store, folder / "prior.pt")
+    settings = {"temperature": 1.0, "steps": 10, "guidance": 3.0}
+    model_uri = log_in(store, name="generator", prior_file=folder / "prior.pt", settings=settings)
+    port = free_port()
+    env = clean_env(MLFLOW_TRACKING_URI=store[0], PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port)]
+    with running_server(command, f"http://127.0.0.1:{port}/ping", folder / "serve.log", env) as server:
+        yield f"http://127.0.0.1:{port}/invocations", server
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_labels_with_images_and_bad_requests_with_400(logged_model, tmp_path):
-    uri, model_uri = logged_model
-    port = free_port()
-    env = clean_env(MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [
-        str(BIN / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    with running_server(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env):
-        url = f"http://127.0.0.1:{port}/invocations"
-        status, body = post(url, {"inputs": ["cat", 1], "params": {"seed": 1}})
-        assert status == 200, body
-        assert np.asarray(body["predictions"]).shape == (2, 3, 32, 32)
-        status, body = post(url, {"dataframe_records": [{"label": "ship"}], "params": {"temperature": 0.5}})
-        assert status == 200 and np.asarray(body["predictions"]).shape == (1, 3, 32, 32)
-        status, body = post(url, {"inputs": ["dragon"]})
-        assert 400 <= status < 500 and "unknown class label 'dragon'" in body.get("message", ""), (status, body)
+def test_mlflow_models_serve_answers_labels_with_images_and_bad_requests_with_400(served):
+    url, _ = served
+    status, body = post(url, {"inputs": ["cat", 1], "params": {"seed": 1}})
+    assert status == 200, body
+    assert np.asarray(body["predictions"]).shape == (2, 3, 32, 32)
+    status, body = post(url, {"dataframe_records": [{"label": "ship"}], "params": {"temperature": 0.5}})
+    assert status == 200 and np.asarray(body["predictions"]).shape == (1, 3, 32, 32)
+    status, body = post(url, {"inputs": ["dragon"]})
+    assert 400 <= status < 500 and "unknown class label 'dragon'" in body.get("message", ""), (status, body)
+
+
+#: the load: requests from concurrent clients (CVAE_SERVING_REQUESTS overrides the count)
+LOAD_REQUESTS, LOAD_CLIENTS = int(os.environ.get("CVAE_SERVING_REQUESTS", 1000)), 8
+#: malformed or out-of-range requests, each answered 4xx with a message naming the problem
+BAD_REQUESTS = {
+    "malformed JSON": (b'{"inputs": ["cat"', "application/json", ""),
+    "empty body": (b"", "application/json", ""),
+    "not JSON": (b"cat,dog", "text/plain", ""),
+    "no inputs": ({}, "application/json", ""),
+    "unknown label": ({"inputs": ["dragon"]}, "application/json", "unknown class label"),
+    "negative index": ({"inputs": [-1]}, "application/json", "unknown class label"),
+    "huge index": ({"inputs": [10**20]}, "application/json", ""),
+    "no labels": ({"inputs": []}, "application/json", ""),
+    "oversized": ({"inputs": [0] * 1001}, "application/json", "at most 1000"),
+    "NaN temperature": (b'{"inputs": ["cat"], "params": {"temperature": NaN}}', "application/json", ""),
+    "huge temperature": ({"inputs": ["cat"], "params": {"temperature": 1e308}}, "application/json", "temperature"),
+    "huge seed": ({"inputs": ["cat"], "params": {"seed": 2**70}}, "application/json", ""),
+    "text seed": ({"inputs": ["cat"], "params": {"seed": "abc"}}, "application/json", ""),
+    "huge steps": ({"inputs": ["cat"], "params": {"steps": 10**9}}, "application/json", "steps"),
+    "unknown latents": ({"inputs": ["cat"], "params": {"latents": "flow"}}, "application/json", "latents"),
+}
+
+
+@pytest.mark.slow
+def test_the_served_generator_answers_every_request_under_load_and_refuses_bad_ones(served):
+    import concurrent.futures
+    import time
+
+    from conftest import ROBUSTNESS_FIGURES, tally
+
+    url, server = served
+    assert post(url, {"inputs": ["cat"], "params": {"seed": 0}})[0] == 200  # warm
+    rss_warm = tree_rss_mb(server.pid)
+
+    def one(i: int) -> tuple[int, float]:
+        labels = [CLASSES[(i + k) % 10] for k in range(1 + i % 4)]
+        start = time.perf_counter()
+        status, body = post(url, {"inputs": labels, "params": {"seed": i}})
+        ok = status == 200 and np.asarray(body["predictions"]).shape == (len(labels), 3, 32, 32)
+        return ok, time.perf_counter() - start
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+        results = list(pool.map(one, range(LOAD_REQUESTS)))
+    wall = time.perf_counter() - start
+    latencies = np.array([seconds for _, seconds in results]) * 1000
+    served_ok = sum(ok for ok, _ in results)
+    tally("serving under load", "answered", served_ok)
+    tally("serving under load", "failed", LOAD_REQUESTS - served_ok)
+    rss_loaded = tree_rss_mb(server.pid)
+
+    answers = {}
+    for name, (body, content_type, fragment) in BAD_REQUESTS.items():
+        status, answer = post(url, body, content_type)
+        answers[name] = status
+        assert 400 <= status < 500 and answer.get("message") and fragment in answer["message"], (name, status, answer)
+        tally("serving bad requests", "4xx with a message")
+    assert post(url, {"inputs": ["cat"], "params": {"seed": 0}})[0] == 200, "the server did not stay up"
+    rss_after = tree_rss_mb(server.pid)
+    ROBUSTNESS_FIGURES["serving"] = {
+        "requests": LOAD_REQUESTS,
+        "clients": LOAD_CLIENTS,
+        "answered": served_ok,
+        "p50 ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99 ms": round(float(np.percentile(latencies, 99)), 1),
+        "requests/s": round(LOAD_REQUESTS / wall, 1),
+        "server RSS MB warm/loaded/after bad input": f"{rss_warm:.0f}/{rss_loaded:.0f}/{rss_after:.0f}",
+    }
+    assert served_ok == LOAD_REQUESTS
+    # bounded: a burst of requests and an oversized one cost at most a few answers' worth of memory
+    assert rss_after < rss_warm + 500, ROBUSTNESS_FIGURES["serving"]

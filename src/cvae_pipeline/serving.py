@@ -38,7 +38,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from .precision import Precision
 
-MAX_IMAGES_PER_REQUEST = 10_000
+#: labels per request: 1,000 images are about 60 MB of JSON in the answer, which bounds the server's
+#: memory per request (tests/test_serving.py measures it under load); ask for more in several requests
+MAX_IMAGES_PER_REQUEST = 1_000
 PRIOR_ARTIFACT = "prior"  # the optional artifact: models/prior.pt, the density sample.latents: fitted draws from
 #: {"temperature", "steps", "guidance", "precision"}: what the generator's samples were scored at
 SETTINGS_ARTIFACT = "settings"
@@ -82,6 +84,17 @@ def parse_labels(model_input: Any, classes: list[str]) -> np.ndarray:
         else:
             raise _bad_request(f"unknown class label {value!r}: use one of {classes} or an index 0-{len(classes) - 1}")
     return out
+
+
+def _seed(raw: Any) -> int:
+    """A request's seed: an integer 0 to 2**63-1 (torch's range), or -1 / none for a random draw."""
+    try:
+        seed = -1 if raw is None else int(raw)
+    except (TypeError, ValueError, OverflowError):  # "abc", NaN, infinity
+        raise _bad_request(f"seed must be an integer 0 to 2**63-1 (-1: random), got {raw!r}") from None
+    if not -1 <= seed < 2**63:
+        raise _bad_request(f"seed must be an integer 0 to 2**63-1 (-1: random), got {raw!r}")
+    return seed
 
 
 class CVAEGenerator(mlflow.pyfunc.PythonModel):
@@ -130,10 +143,10 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
                 "latents='fitted': this model ships no fitted prior (it is the training's, not sample's); "
                 "use latents='model'"
             )
-        seed = params.get("seed")
+        seed = _seed(params.get("seed"))
         generator = torch.Generator(device=self.device)
-        if seed is not None and int(seed) >= 0:
-            generator.manual_seed(int(seed))
+        if seed >= 0:
+            generator.manual_seed(seed)
         else:
             generator.seed()
         sampler = self.prior.sampler(steps, guidance) if latents == "fitted" else None
