@@ -4,6 +4,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,8 +45,12 @@ ROBUSTNESS: dict[str, collections.Counter] = collections.defaultdict(collections
 ROBUSTNESS_FIGURES: dict[str, dict] = {}
 
 
-def tally(area: str, outcome: str, n: int = 1) -> None:
+def tally(area: str, outcome: str, n: int = 1, seconds: float | None = None) -> None:
+    """Count ``n`` cases of ``area`` that ended in ``outcome``; ``seconds``: the slowest such case is kept."""
     ROBUSTNESS[area][outcome] += n
+    if seconds is not None:
+        slowest = ROBUSTNESS_FIGURES.setdefault(f"{area}: slowest (s)", {})
+        slowest[outcome] = round(max(seconds, slowest.get(outcome, 0.0)), 1)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -252,3 +257,51 @@ def team_stack():
         assert not any(alive(pid) or group_alive(pid) for pid in pids), "team down left a process behind"
         assert not stack.postgres.running()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- a tiny copy of the pipeline in its own git + DVC repository ------------------------------------
+
+
+def sh(*cmd: str, cwd: Path) -> str:
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def write_tiny_params(directory: Path, archive_dir: Path, **sections: dict) -> Path:
+    """``directory/params.yaml``: the real pipeline, shrunk (a tiny archive written into ``archive_dir``, a
+    small model, one epoch, the tiny prior, 50 samples); ``sections`` override (``train={"epochs": 3}``)."""
+    from archives import make_image_folder_archive, sha256
+
+    archive = make_image_folder_archive(archive_dir / "cifar.tar.gz", 12, 4)
+    params = write_params(directory, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25)
+    text = yaml.safe_load(params.read_text())
+    text["model"].update(backbone="mlp", width=32, latent_dim=8, latent_resolution=1)
+    text["train"].update(epochs=1, batch_size=32)
+    text["prior"].update(TINY_PRIOR)
+    text["sample"].update(per_class=5, steps=5, guidance=3.0, temperature=1.0)  # the tests re-sample at 0.5
+    text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
+    for section, values in sections.items():
+        text[section].update(values)
+    params.write_text(yaml.safe_dump(text, sort_keys=False))
+    return params
+
+
+def make_pipeline_repo(tmp_path: Path, **sections: dict) -> Path:
+    """A copy of the project's pipeline in a new git + DVC repo with :func:`write_tiny_params`."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_tiny_params(repo, tmp_path, **sections)
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "config", "user.email", "test@example.com", cwd=repo)
+    sh("git", "config", "user.name", "test", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "pipeline", cwd=repo)
+    return repo

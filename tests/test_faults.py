@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from archives import make_image_folder_archive, sha256
-from conftest import TINY_PRIOR, free_port, run_stage, tally, write_params
+from archives import sha256
+from conftest import free_port, run_stage, tally, write_tiny_params
 
 from cvae_pipeline import paths
 
@@ -40,16 +39,7 @@ def pipeline(tmp_path_factory, untracked) -> Path:
     root = tmp_path_factory.mktemp("faults")
     ws = root / "ws"
     ws.mkdir()
-    archive = make_image_folder_archive(root / "cifar.tar.gz", 12, 4)
-    params_file = write_params(ws, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25)
-    params = yaml.safe_load(params_file.read_text())
-    params["model"].update(backbone="mlp", width=16, latent_dim=4, latent_resolution=1)
-    params["train"].update(epochs=1, batch_size=32)
-    params["prior"].update(TINY_PRIOR)
-    params["sample"].update(per_class=5, steps=5)
-    params["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
-    params["mlflow"]["required"] = False
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    write_tiny_params(ws, root, mlflow={"required": False})
     for stage in STAGES:
         result = run_stage(stage, ws, env=untracked)
         assert result.returncode == 0, f"{stage}:\n{result.stdout}\n{result.stderr}"

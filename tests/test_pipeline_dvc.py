@@ -8,58 +8,24 @@ first, then experiments on top of it."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from archives import CLASSES, make_image_folder_archive, sha256
-from conftest import BIN, REPO, TINY_PRIOR, clean_env, write_params
+from archives import CLASSES
+from conftest import make_pipeline_repo, sh, tally
 
 ALL_STAGES = ("download", "prepare", "fid_reference", "train", "prior", "sample", "evaluate")
 #: what the tiny pipeline's samples are drawn from (TINY_PRIOR, 5 steps, the default guidance)
 LATENTS = "diffusion prior (MLP 2x32, v-prediction; 5 DDIM steps, guidance 3)"
 
 
-def sh(*cmd: str, cwd: Path) -> str:
-    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> Path:
-    """A copy of the project's pipeline in a new git + DVC repo, fed a tiny archive."""
-    tmp_path = tmp_path_factory.mktemp("e2e")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    archive = make_image_folder_archive(tmp_path / "cifar.tar.gz", 12, 4)
-    params = write_params(repo, [{"uri": str(archive), "sha256": sha256(archive)}], val_fraction=0.25)
-    # the real pipeline, shrunk: a small model, one epoch
-    text = yaml.safe_load(params.read_text())
-    text["model"].update(backbone="mlp", width=32, latent_dim=8, latent_resolution=1)
-    text["train"].update(epochs=1, batch_size=32)
-    text["prior"].update(TINY_PRIOR)
-    text["sample"].update(per_class=5, steps=5, guidance=3.0, temperature=1.0)  # the tests re-sample at 0.5
-    text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
-    params.write_text(yaml.safe_dump(text, sort_keys=False))
-    sh("git", "init", "-q", cwd=repo)
-    sh("git", "config", "user.email", "test@example.com", cwd=repo)
-    sh("git", "config", "user.name", "test", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo)
-    sh("dvc", "config", "core.analytics", "false", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "pipeline", cwd=repo)
-    return repo
+    return make_pipeline_repo(tmp_path_factory.mktemp("e2e"))
 
 
 def facts(repo: Path) -> dict:
@@ -135,9 +101,14 @@ def queue_finished(repo: Path) -> bool:
     return not any(word in status for word in ("Queued", "Running"))
 
 
+#: four queued experiments (train.lr, train.precision): both precision settings train
+QUEUED = (("0.002", "fp32"), ("0.0005", "auto"), ("0.003", "fp32"), ("0.0007", "auto"))
+
+
 def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path):
-    runs_before = {r.info.run_id for r in mlflow_runs(dvc_repo)}
-    for lr, precision in (("0.002", "fp32"), ("0.0005", "auto")):  # both precision settings train
+    before = mlflow_runs(dvc_repo)
+    runs_before = {r.info.run_id for r in before}
+    for lr, precision in QUEUED:  # both precision settings train
         sh("dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", f"train.precision={precision}", cwd=dvc_repo)
     sh("dvc", "queue", "start", "-j", "2", cwd=dvc_repo)
     deadline = time.monotonic() + 900
@@ -153,19 +124,31 @@ def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path
     queued = {
         str(r["params"]["params.yaml"]["data"]["train"]["lr"]): r
         for r in rows
-        if r["params"]["params.yaml"]["data"]["train"]["lr"] in (0.002, 0.0005)
+        if str(r["params"]["params.yaml"]["data"]["train"]["lr"]) in dict(QUEUED)
     }
-    assert set(queued) == {"0.002", "0.0005"}
+    assert set(queued) == set(dict(QUEUED))
     for row in queued.values():
         assert np.isfinite(row["metrics"]["reports/metrics.json"]["data"]["fid"])
 
     new_runs = [r for r in mlflow_runs(dvc_repo) if r.info.run_id not in runs_before]  # the main workspace's store
-    assert sorted(r.data.params["train.lr"] for r in new_runs) == ["0.0005", "0.002"]
-    used = {r.data.params["train.precision"]: r.data.params["train.precision_used"] for r in new_runs}
-    assert used["fp32"] == "fp32" and used["auto"] in ("fp32", "bf16", "bf16, channels-last"), used
+    assert sorted(r.data.params["train.lr"] for r in new_runs) == sorted(dict(QUEUED))
+    for run in new_runs:
+        used, asked = run.data.params["train.precision_used"], run.data.params["train.precision"]
+        assert used == "fp32" if asked == "fp32" else used in ("fp32", "bf16", "bf16, channels-last"), (asked, used)
+    # no metric lost: each queued run holds every metric the baseline's run holds, each with its full history
+    (baseline,) = before
+    client = mlflow_client(dvc_repo)
+
+    def points(run) -> int:
+        return sum(len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics)
+
     for run in new_runs:
         assert run.info.status == "FINISHED" and "fid" in run.data.metrics
         assert run.info.run_name == run.data.tags["dvc_experiment"]
+        assert set(run.data.metrics) == set(baseline.data.metrics), set(baseline.data.metrics) ^ set(run.data.metrics)
+        assert points(run) == points(baseline), run.info.run_name
+        tally("queued experiments (dvc queue start -j 2)", "complete runs, every metric point logged")
+    tally("queued experiments (dvc queue start -j 2)", f"metric points per run {points(baseline)}", len(new_runs))
     assert not list((dvc_repo / ".dvc" / "tmp" / "exps").glob("*/mlflow.db"))  # no store left in temp copies
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import (
     BIN,
+    REPO,
     TINY_MODEL,
     TINY_PRIOR,
     TINY_TRAIN,
@@ -31,6 +34,7 @@ from conftest import (
     free_port,
     run_stage,
     running_server,
+    tally,
     train_workspace,
 )
 
@@ -229,6 +233,7 @@ def test_postgres_down_fails_a_stage_in_seconds_with_one_line(team_stack, tmp_pa
     ), result.stderr
     assert "Traceback" not in result.stderr and not (ws / "models" / "model.pt").exists()
     ok(team_stack, "experiments/search", {"max_results": 1})  # the server serves again once it is back
+    tally("tracking faults", "PostgreSQL down: one line", seconds=elapsed)
 
 
 def test_the_object_store_down_fails_the_upload_with_one_line_and_marks_the_run_failed(team_stack, tmp_path):
@@ -244,6 +249,58 @@ def test_the_object_store_down_fails_the_upload_with_one_line_and_marks_the_run_
     (run,) = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
     assert run["info"]["status"] == "FAILED"
     assert team_stack.objectstore.ready()  # and the store is back for the tests after this one
+    tally("tracking faults", "S3 store down: one line, run FAILED", seconds=elapsed)
+
+
+@pytest.mark.slow
+def test_the_tracking_server_killed_mid_training_fails_in_seconds_and_the_rerun_resumes_its_run(team_stack, tmp_path):
+    """``kill -9`` of the MLflow server (its whole process group) while ``train`` runs: the stage stops
+    within seconds with one line; once the server is back, re-running resumes the checkpoint into the
+    same run, and that run holds every epoch's metrics, the ones logged before the kill and after."""
+    import signal
+
+    epochs = 8  # the kill lands milliseconds after the first checkpoint; an epoch logging to the server takes ~1 s
+    name = f"server-killed-{time.time_ns()}"
+    ws = tiny_workspace(tmp_path / "ws", experiment=name)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"].update(epochs=epochs, sample_every=epochs)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoint = ws / "models" / "checkpoints" / "last.pt"
+    train = subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "train.py")],
+        cwd=ws,
+        env=clean_env(**team_stack.exports()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not checkpoint.exists():
+            assert train.poll() is None, train.communicate()
+            time.sleep(0.01)
+        os.killpg(team_stack.state["pids"]["mlflow"], signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, stderr = train.communicate(timeout=300)
+        elapsed = time.monotonic() - killed
+    finally:
+        train.kill()
+        team_stack.up()  # the server again, on the same port
+    assert train.returncode == 1 and elapsed < 60, (elapsed, stderr[-2000:])
+    assert stderr.strip().splitlines()[-1].startswith(f"error: MLflow tracking store {team_stack.server.url}"), stderr
+    assert "Traceback" not in stderr
+    trained_before = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= trained_before < epochs, "the kill did not land mid-training"
+
+    again = run_stage("train", ws, env=team_stack.exports())
+    assert again.returncode == 0, again.stderr
+    assert f"after epoch {trained_before}" in again.stdout  # resumed, not restarted
+    experiment_id = ok(team_stack, "experiments/get-by-name?experiment_name=" + name)["experiment"]["experiment_id"]
+    (run,) = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    assert run["info"]["run_id"] == json.loads((ws / "models" / "mlflow_run.json").read_text())["run_id"]
+    assert run["info"]["status"] == "FINISHED"
+    history = ok(team_stack, f"metrics/get-history?run_id={run['info']['run_id']}&metric_key=train_objective")
+    assert sorted(m["step"] for m in history["metrics"]) == list(range(1, epochs + 1)), "epochs' metrics were lost"
+    tally("tracking server killed mid-training", "one line in seconds, resumed into its run, no epoch lost")
 
 
 def text(driver) -> str:

@@ -6,7 +6,7 @@ import json
 import time
 
 import yaml
-from conftest import TINY_MODEL, TINY_TRAIN, free_port, run_stage, train_workspace
+from conftest import TINY_MODEL, TINY_TRAIN, free_port, run_stage, tally, train_workspace
 
 
 def test_stage_fails_within_seconds_naming_an_unreachable_server(tmp_path):
@@ -19,6 +19,7 @@ def test_stage_fails_within_seconds_naming_an_unreachable_server(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: MLflow tracking store {uri} is not reachable")
     assert elapsed < 60, f"took {elapsed:.0f}s: retries are not off"
     assert not (ws / "models" / "model.pt").exists()
+    tally("tracking faults", "server unreachable: one line", seconds=elapsed)
 
 
 def test_unrequired_tracking_only_warns_and_the_stages_run_untracked(tmp_path):

@@ -9,6 +9,7 @@ output that looks valid: either the old state or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -60,6 +61,14 @@ def recover_directory(target: str | os.PathLike) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def _remove_stale_siblings(target: Path) -> None:
+    """Temporary siblings of ``target`` that a killed writer (``kill -9``, a power cut) left behind:
+    one process writes an output at a time (DVC runs a stage once per workspace), so any that exist
+    now are litter, never a write in progress."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 def _raise_storage_failure(exc: BaseException, tmp: Path, target: Path) -> None:
     """A full disk or a file-size limit while writing into ``tmp``: one line naming the output (the file
     inside it when the error says which), its cause and the fix; the old output is still in place."""
@@ -85,6 +94,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(target)
+    _remove_stale_siblings(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, _default_mode(directory=True))
     try:
@@ -112,6 +122,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, _default_mode(directory=False))

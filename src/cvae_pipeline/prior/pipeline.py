@@ -113,6 +113,7 @@ def _train_diffusion(params, model, classes, encoded, model_sha, device, track: 
     )
     if track:
         mlflow.set_tag(PRECISION_TAG, choice.precision.name)  # a tag: a refit into the same run may choose anew
+        tracking.backfill_epochs(trainer.history, prefix="prior_")
     write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
 
     def on_epoch_end(record: dict) -> None:

@@ -5,19 +5,22 @@
 - :mod:`.tags` — what a run says about where it came from (commit, DVC experiment, machine) and
   the flattened ``params.yaml``;
 - :mod:`.handoff` — the run file a stage leaves for the next (``models/mlflow_run.json``, ...);
-- :mod:`.runs` — which run a stage logs into (the training's, a new one nested under it, or none);
+- :mod:`.runs` — which run a stage logs into (the training's, a new one nested under it, or none),
+  and the epochs a resumed run lacks;
+- :mod:`.orphans` — runs whose stage process died (``kill -9``), marked KILLED by the next stage;
 - :mod:`.registry` — the Model Registry version of an evaluated generator;
 - :mod:`.stage_logging` — what ``sample`` and ``evaluate`` log, so the stage scripts stay thin.
 """
 
 from . import runs
 from .handoff import read_run_file, write_run_file
-from .runs import recorded_run, results_run, warn_untracked
+from .runs import backfill_epochs, recorded_run, results_run, warn_untracked
 from .store import TrackingError, configure, configure_store, project_root, tracking_uri
 from .tags import flatten_params, run_tags
 
 __all__ = [
     "TrackingError",
+    "backfill_epochs",
     "runs",
     "configure",
     "configure_store",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..paths import TRAIN_RUN_FILE
 from .handoff import read_run_file
+from .orphans import claim
 from .store import TrackingError, configure, configure_store, shorten
 from .tags import run_tags
 
@@ -52,6 +53,7 @@ def recorded_run(
         configure_store()
         try:
             run = mlflow.start_run(run_id=info["run_id"])
+            claim(run.info.run_id)
         except mlflow.exceptions.MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that answers, but not usably
                 raise TrackingError(
@@ -147,7 +149,10 @@ def start_training_run(extra: dict, history: list[dict], params, params_file: Pa
         return None
     if run_id := extra.get("mlflow_run_id"):
         try:
-            return mlflow.start_run(run_id=run_id)
+            run = mlflow.start_run(run_id=run_id)
+            claim(run_id)
+            backfill_epochs(history)
+            return run
         except mlflow.exceptions.MlflowException:
             print(f"note: MLflow run {run_id} of the checkpoint is gone; starting a new run")
     run = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(), tags=run_tags("train"))
@@ -160,3 +165,22 @@ def start_training_run(extra: dict, history: list[dict], params, params_file: Pa
         print(f"note: logged the {len(history)} epochs the checkpoint trained untracked to new run {run.info.run_id}")
     extra["mlflow_run_id"] = run.info.run_id
     return run
+
+
+def backfill_epochs(history: list[dict], prefix: str = "") -> None:
+    """Log to the active run the epochs of ``history`` it lacks: a stage that saved an epoch's
+    checkpoint and then lost its tracking server (killed, restarted) never logged that epoch, and
+    resuming from the checkpoint would otherwise leave a hole in the run's curves."""
+    import mlflow
+
+    if not history:
+        return
+    probe = f"{prefix}{next(k for k in history[-1] if k != 'epoch')}"
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, probe)}
+    missing = [record for record in history if record["epoch"] not in logged]
+    for record in missing:
+        metrics = {f"{prefix}{k}": float(v) for k, v in record.items() if k != "epoch"}
+        mlflow.log_metrics(metrics, step=record["epoch"])
+    if missing:
+        print(f"note: logged {len(missing)} epoch(s) the checkpoint holds but MLflow run {run_id} lacked")

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from ..errors import PipelineError
+from .orphans import close_orphans
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -134,6 +135,7 @@ def configure_store() -> str:
                 mlflow.search_experiments(max_results=1)  # creates/migrates the schema, once
         else:
             mlflow.search_experiments(max_results=1)
+        close_orphans()  # runs left RUNNING by a stage that was killed
     except Exception as exc:  # requests/SQLAlchemy/MLflow errors all mean: the store is not usable
         raise store_failure(uri, exc) from None
     return uri

@@ -9,6 +9,7 @@ import socket
 import subprocess
 from typing import Any
 
+from .orphans import OWNER_TAG, owner
 from .store import project_root
 
 
@@ -27,6 +28,7 @@ def run_tags(stage: str) -> dict[str, str]:
     from ..runtime import cpu_description
 
     tags = {
+        OWNER_TAG: owner(),
         "stage": stage,
         "machine": f"{socket.gethostname()} ({platform.machine()}, {os.cpu_count()} cpus)",
         "cpu": cpu_description(),
