@@ -370,7 +370,11 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS_FILE) -> PipelineParams
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found in {Path.cwd()}; run from the repository root")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); point --params at params.yaml"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {describe_yaml_error(exc)}") from None
     return parse_params(raw, str(path))
