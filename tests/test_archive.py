@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from archives import make_archive_with_member, make_batches_archive, make_image_folder_archive
 
-from cvae_pipeline.data.archive import extract_atomically
+from cvae_pipeline.data.archive import MAX_EXTRACTED_BYTES, extract_atomically
 from cvae_pipeline.data.readers import detect_layout
 from cvae_pipeline.errors import ArchiveError
 
@@ -128,3 +128,16 @@ def test_damaged_archive_whose_damage_decompresses_cleanly_is_refused(tmp_path):
     with pytest.raises(ArchiveError, match="truncated or corrupt archive"):
         extract_atomically(damaged, tmp_path / "out" / "raw", validate=detect_layout)
     assert leftovers(tmp_path / "out") == []
+
+
+def test_an_archive_claiming_more_than_the_cap_is_refused_before_extracting(tmp_path):
+    """A header may claim any size; a 1 KB file claiming 3 GiB is refused at its header, not after
+    filling the disk (the cap: MAX_EXTRACTED_BYTES, far above CIFAR-10's ~200 MB)."""
+    info = tarfile.TarInfo("train/cat/0000.jpg")
+    info.size = MAX_EXTRACTED_BYTES + 1
+    archive = tmp_path / "claims.tar"
+    archive.write_bytes(info.tobuf(tarfile.GNU_FORMAT) + b"x" * 1024)
+    target = tmp_path / "raw"
+    with pytest.raises(ArchiveError, match="unpacks to more than 2 GiB"):
+        extract_atomically(archive, target)
+    assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["claims.tar"]
