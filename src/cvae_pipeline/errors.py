@@ -106,7 +106,7 @@ def write_failure(
     if path is None:
         return WriteError(f"a write failed ({cause}); {fix}")
     where = Path(path)
-    return WriteError(f"{where}: could not be written ({cause}); the previous {where} is kept as it was; {fix}")
+    return WriteError(f"{where}: could not be written ({cause}); any previous {where} is kept as it was; {fix}")
 
 
 @contextlib.contextmanager
