@@ -1,11 +1,12 @@
 """``kill -9`` of ``dvc repro`` while each stage runs, at seeded random moments; then ``dvc repro`` again.
 
-After every kill: no output that DVC would take for valid is half-written (each is missing, or complete:
-the previous version or, when the kill fell after its atomic write, the new one), no MLflow run is left RUNNING (the next stage marks a dead process's run
-KILLED, or training resumes its checkpoint's run), and the re-run ends with outputs equal to those of
-an uninterrupted run — bit-exact for every stage (the pipeline is deterministic on a CPU for its seeds),
-except what measures the re-run's clock (``*_seconds``, ``*_per_second`` in reports) or names its new
-MLflow run (the run files, the generator's model URI).
+After every kill: no output that DVC would take for valid is half-written (each is missing, or
+complete: the previous version or, when the kill fell after its atomic write, the new one); no MLflow
+run is left RUNNING (the next stage marks a dead process's run KILLED, or training resumes its
+checkpoint's run); and the re-run ends with outputs equal to those of an uninterrupted run —
+bit-exact for every stage (the pipeline is deterministic on a CPU for its seeds), except what measures
+the re-run's clock (``*_seconds``, ``*_per_second`` in reports) or names its new MLflow run (the run
+files, the generator's model URI).
 
 ``CVAE_KILLS_PER_STAGE`` (default 1) kill points per stage; ``CVAE_KILL_SEED`` (default 0) the seed.
 ``benchmarks/robustness.py`` runs more."""
