@@ -224,3 +224,27 @@ def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws
         lines[0].startswith("error: models/prior.pt: damaged or not the file expected here")
         and "dvc repro -f prior" in lines[0]
     )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "header zeroed", "empty"])
+def test_a_damaged_gmm_prior_file_names_itself_and_the_prior_stage(tmp_path, damage):
+    """The ex-post GMM lives in the same file as the diffusion prior (``prior.kind: gmm``): a damaged one is
+    one line naming it and the stage that re-fits it, never a traceback from torch or the mixture."""
+    from cvae_pipeline.prior import GMMPrior
+    from cvae_pipeline.prior.gmm import ClassGMM
+
+    rng = np.random.default_rng(0)
+    gmm = ClassGMM.fit(rng.normal(size=(60, 4)).astype(np.float32), np.repeat(np.arange(3), 20), 3, components=2)
+    path = tmp_path / "prior.pt"
+    save_prior(path, "gmm", "abc", ["a", "b", "c"], GMMPrior(gmm))
+    assert load_prior(path, "abc")[0] == "gmm"
+    data = path.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "random bytes": rng.bytes(len(data)),
+        "header zeroed": bytes(64) + data[64:],
+        "empty": b"",
+    }[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(PipelineError, match=r"prior.pt: damaged or not the file expected here .*`dvc repro -f prior`"):
+        load_prior(path, "abc")
