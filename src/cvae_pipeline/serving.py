@@ -86,17 +86,6 @@ def parse_labels(model_input: Any, classes: list[str]) -> np.ndarray:
     return out
 
 
-def _seed(raw: Any) -> int:
-    """A request's seed: an integer 0 to 2**63-1 (torch's range), or -1 / none for a random draw."""
-    try:
-        seed = -1 if raw is None else int(raw)
-    except (TypeError, ValueError, OverflowError):  # "abc", NaN, infinity
-        raise _bad_request(f"seed must be an integer 0 to 2**63-1 (-1: random), got {raw!r}") from None
-    if not -1 <= seed < 2**63:
-        raise _bad_request(f"seed must be an integer 0 to 2**63-1 (-1: random), got {raw!r}")
-    return seed
-
-
 class CVAEGenerator(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around the pipeline's ``models/model.pt``."""
 
@@ -120,10 +109,11 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         self.precision.module(self.model)
 
     def _setting(self, params: dict, key: str, cast, valid, rule: str):
+        """A request's ``key``, or the generator's default (the seed's: -1, a random draw)."""
         raw = params.get(key)
         try:
-            value = cast(self.defaults[key] if raw is None else raw)
-        except (TypeError, ValueError):
+            value = cast(self.defaults.get(key, -1) if raw is None else raw)
+        except (TypeError, ValueError, OverflowError):  # "abc", NaN or infinity where an integer is due
             raise _bad_request(f"{key} must be {rule}, got {raw!r}") from None
         if not valid(value):
             raise _bad_request(f"{key} must be {rule}, got {raw!r}")
@@ -143,7 +133,7 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
                 "latents='fitted': this model ships no fitted prior (it is the training's, not sample's); "
                 "use latents='model'"
             )
-        seed = _seed(params.get("seed"))
+        seed = self._setting(params, "seed", int, lambda v: -1 <= v < 2**63, "an integer 0 to 2**63-1 (-1: random)")
         generator = torch.Generator(device=self.device)
         if seed >= 0:
             generator.manual_seed(seed)
