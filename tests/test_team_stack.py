@@ -34,11 +34,13 @@ from conftest import (
     free_port,
     run_stage,
     running_server,
+    sh,
     tally,
     train_workspace,
 )
 
-from cvae_pipeline.team.stack import ARTIFACTS_PREFIX, DATABASES, READER, WRITER
+from cvae_pipeline.team.objectstore import SERVICES
+from cvae_pipeline.team.stack import ARTIFACTS_PREFIX, DATABASES, READER, SECRETS, WRITER, Stack
 from cvae_pipeline.team.tracking_server import basic_auth
 
 PIPELINE = ("train", "prior", "fid_reference", "sample", "evaluate")
@@ -440,3 +442,20 @@ def test_team_env_prints_a_users_exports_and_refuses_a_folder_without_a_stack(te
     empty = subprocess.run([str(BIN / "cvae"), "team", "env", str(tmp_path)], env=env, capture_output=True, text=True)
     assert empty.returncode == 1
     assert empty.stderr.strip() == f"error: no team stack runs in {tmp_path}; start it with `make team-up`"
+
+
+def test_the_dvc_remote_takes_keys_that_begin_with_a_dash(tmp_path):
+    """token_urlsafe draws "-" as a first character one time in 64: it must not read as an option."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    stack = Stack(tmp_path / "stack")
+    stack.state = {
+        "secrets": {name: "-" + name for name in SECRETS},
+        "ports": {"postgres": 1, "mlflow": 2} | {f"s3_{name}": 3 + i for i, name in enumerate(SERVICES)},
+    }
+    stack.configure_dvc_remote(repo)
+    config = (repo / ".dvc" / "config.local").read_text()
+    assert "secret_access_key = -s3_secret_key" in config
+    assert "access_key_id = -s3_access_key" in config

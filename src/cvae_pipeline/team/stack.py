@@ -173,7 +173,8 @@ class Stack:
             "region": REGION,
         }
         commands = [[dvc, "remote", "add", "--local", "--force", "--default", DVC_REMOTE, url]]
-        commands += [[dvc, "remote", "modify", "--local", DVC_REMOTE, k, v] for k, v in settings.items()]
+        # "--": a random key may begin with "-" and must not be read as an option
+        commands += [[dvc, "remote", "modify", "--local", "--", DVC_REMOTE, k, v] for k, v in settings.items()]
         for command in commands:
             result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
             if result.returncode != 0:
