@@ -26,10 +26,18 @@ from torch import nn
 from ..errors import PipelineError
 
 
-def fid_inception_skeleton() -> nn.Module:
-    """pytorch-fid's FID Inception, built as its ``fid_inception_v3`` builds it, without loading weights."""
+def fid_inception_skeleton(device: torch.device | str = "meta") -> nn.Module:
+    """pytorch-fid's FID Inception, built as its ``fid_inception_v3`` builds it, without weights.
+
+    On the meta device by default: shapes only, so the 24 M parameters are neither allocated nor
+    randomly initialised (~1 s each time on 2 cores) before the real weights replace them."""
     from pytorch_fid import inception as pf
 
+    with torch.device(device):
+        return _skeleton(pf)
+
+
+def _skeleton(pf) -> nn.Module:
     net = pf._inception_v3(num_classes=1008, aux_logits=False, init_weights=False)
     net.Mixed_5b = pf.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = pf.FIDInceptionA(256, pool_features=64)
@@ -72,14 +80,14 @@ def pytorch_fid_state_dict(torchscript_path: Path) -> dict[str, torch.Tensor]:
         if f"{dst}.bn.num_batches_tracked" in target:
             out[f"{dst}.bn.num_batches_tracked"] = torch.tensor(0)
     for key, value in target.items():
-        out.setdefault(key, torch.zeros_like(value))  # the unused 1008-way fc head
+        out.setdefault(key, torch.zeros(value.shape, dtype=value.dtype))  # the unused 1008-way fc head
     return out
 
 
 def pool3_network(state_dict: dict[str, torch.Tensor]) -> nn.Sequential:
     """Input [N,3,299,299] in [-1, 1] -> [N, 2048]: the blocks pytorch-fid's ``InceptionV3`` runs for pool3."""
     net = fid_inception_skeleton()
-    net.load_state_dict(state_dict)
+    net.load_state_dict(state_dict, assign=True)  # the meta skeleton takes the tensors as they are
     return nn.Sequential(
         net.Conv2d_1a_3x3,
         net.Conv2d_2a_3x3,
@@ -112,4 +120,6 @@ def optimize_for_inference(network: nn.Module, device: torch.device) -> torch.ji
     example = torch.zeros(1, 3, 299, 299, device=device).contiguous(memory_format=torch.channels_last)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notices
-        return torch.jit.freeze(torch.jit.trace(fused, example))
+        # no check_trace: it re-runs and re-traces the network (~1 s); the tests compare the features
+        # with pytorch-fid's own network instead
+        return torch.jit.freeze(torch.jit.trace(fused, example, check_trace=False))
