@@ -28,11 +28,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	dvc repro
 
+# Two pytest-xdist workers, each taking whole files (a file's tests share a module fixture and
+# some run in order); conftest.py gives each worker its share of the cores. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: $(STAMP)
-	pytest
+	pytest $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
-	pytest -m 'not slow'
+	pytest $(PYTEST_PARALLEL) -m 'not slow'
 
 # ruff, configured in pyproject.toml: the formatter's verdict first, then the linter's
 lint: $(STAMP)

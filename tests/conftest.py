@@ -53,6 +53,58 @@ def tally(area: str, outcome: str, n: int = 1, seconds: float | None = None) -> 
         slowest[outcome] = round(max(seconds, slowest.get(outcome, 0.0)), 1)
 
 
+def _merge_figures(counts: dict[str, dict], figures: dict[str, dict]) -> None:
+    for area, outcomes in counts.items():
+        ROBUSTNESS[area].update(outcomes)
+    for name, values in figures.items():
+        merged = ROBUSTNESS_FIGURES.setdefault(name, {})
+        for key, value in values.items():  # every figure is a maximum (slowest case, largest growth)
+            merged[key] = max(value, merged.get(key, value))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), each worker and the stages it starts get
+    their share of the cores: two workers whose torch each spins two OpenMP threads on two cores slow
+    each other several-fold."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+#: the longest files first: ``make test`` hands whole files to two workers in this order, so the long
+#: ones start at once and the short ones fill the gaps (xdist's default order, by test count, says
+#: little about a file's length)
+LONGEST_FIRST = (
+    "test_pipeline_dvc.py",
+    "test_team_stack.py",
+    "test_kills.py",
+    "test_fuzz.py",
+    "test_faults.py",
+    "test_cli_metrics.py",
+    "test_training.py",
+    "test_serving.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
+def pytest_sessionfinish(session):
+    """A worker hands its robustness tallies to the controller, which prints and saves them."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["robustness"] = json.dumps(
+            {"counts": {k: dict(v) for k, v in ROBUSTNESS.items()}, "figures": ROBUSTNESS_FIGURES}
+        )
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent when pytest runs without -n
+def pytest_testnodedown(node, error):
+    report = json.loads(getattr(node, "workeroutput", {}).get("robustness", "{}") or "{}")
+    _merge_figures(report.get("counts", {}), report.get("figures", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not ROBUSTNESS and not ROBUSTNESS_FIGURES:
         return

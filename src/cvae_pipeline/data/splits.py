@@ -8,9 +8,16 @@ class and per-class metrics stay comparable to a full run.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..errors import DatasetError
+
+
+def train_test_split(*args, **kwargs):
+    """scikit-learn's, imported on first use: only ``prepare`` splits, and importing scikit-learn costs
+    every other stage that reads the prepared arrays (which import this module) about a second."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(*args, **kwargs)
 
 
 def _check_feasible(labels: np.ndarray, size: int, what: str) -> None:
