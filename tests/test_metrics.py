@@ -196,3 +196,26 @@ def test_optimized_network_gives_the_shipped_torchscript_networks_features():
         ours = inception.InceptionFeatures("cpu", batch_size=2)(images, progress=False)
     assert ours.shape == (3, inception.FEATURE_DIM)
     np.testing.assert_allclose(ours, shipped.double().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_features_of_a_read_only_memory_map_equal_a_tensors_and_warn_nothing(tmp_path):
+    """The prepared arrays are opened memory-mapped and read-only; torch warns (once per process, so
+    this runs in its own) when a tensor is made over one, and must not read all of it at once."""
+    import subprocess
+    import sys
+
+    script = f"""
+import warnings
+import numpy as np, torch
+from cvae_pipeline.metrics.inception import InceptionFeatures
+images = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+np.save("{tmp_path}/images.npy", images)
+mapped = np.load("{tmp_path}/images.npy", mmap_mode="r")
+features = InceptionFeatures("cpu", batch_size=2)
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ours = features(mapped, progress=False)
+np.testing.assert_array_equal(ours, features(torch.from_numpy(images), progress=False))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -116,13 +116,17 @@ class InceptionFeatures:
     def __call__(
         self, images: np.ndarray | torch.Tensor, desc: str = "inception features", progress: bool = True
     ) -> np.ndarray:
-        images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if not isinstance(images, torch.Tensor):
+            images = np.asarray(images)  # a memory-mapped array stays on disk: one batch is copied at a time
         if images.ndim != 4 or images.shape[1] != 3:
             raise PipelineError(f"expected images [N, 3, H, W], got {list(images.shape)}")
         out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
         starts = range(0, len(images), self.batch_size)
         for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, mininterval=2.0):
-            batch = preprocess(images[start : start + self.batch_size].to(self.device))
+            batch = images[start : start + self.batch_size]
+            # np.array copies: torch warns about (and must not write into) a read-only memory map
+            batch = torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch
+            batch = preprocess(batch.to(self.device))
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             out[start : start + len(batch)] = self.model(batch).double().cpu().numpy()
