@@ -6,6 +6,9 @@ run the samples were logged to and registers the generator that made them."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from cvae_pipeline import paths, scoring, tracking
 from cvae_pipeline.config import load_params
 from cvae_pipeline.runtime import resolve_device
@@ -19,7 +22,6 @@ def main() -> None:
     params = load_params(args.params)
     cfg = params.evaluate
     metrics = scoring.score(cfg, resolve_device(cfg.device, "evaluate.device"))
-    scoring.write_reports(metrics, paths.METRICS, paths.PER_CLASS_PLOT)
     settings = tracking.flatten_params({"evaluate": cfg.model_dump()})
     sampled_in = paths.SAMPLES_DIR / RUN_FILE
     with tracking.results_run(
@@ -31,17 +33,23 @@ def main() -> None:
         tracking.flatten_params(params.model_dump()),
     ) as run:
         if run is not None:
-            version = log_evaluation(
-                run,
-                metrics,
-                settings,
-                scoring.protocol(metrics, cfg.reference),
-                paths.METRICS,
-                SampleSet.generator_uri(paths.SAMPLES_DIR),
-                params.mlflow.registered_model,
-            )
+            with tempfile.TemporaryDirectory() as staging:  # the run logs a copy of the reports
+                staged = Path(staging) / paths.METRICS.name
+                scoring.write_reports(metrics, staged, Path(staging) / paths.PER_CLASS_PLOT.name)
+                version = log_evaluation(
+                    run,
+                    metrics,
+                    settings,
+                    scoring.protocol(metrics, cfg.reference),
+                    staged,
+                    SampleSet.generator_uri(paths.SAMPLES_DIR),
+                    params.mlflow.registered_model,
+                )
             if version is not None:
                 print(f"registered as model '{params.mlflow.registered_model}' version {version.version}")
+    # The reports last, after the run has ended: a kill while the run is open leaves them missing, so
+    # the next `dvc repro` re-runs this stage, which closes the run the kill left RUNNING.
+    scoring.write_reports(metrics, paths.METRICS, paths.PER_CLASS_PLOT)
     print(scoring.summary(metrics))
 
 
