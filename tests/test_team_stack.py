@@ -163,6 +163,36 @@ def test_the_server_demands_credentials_and_write_permission(team_stack):
     ok(team_stack, "runs/log-metric", metric, user=WRITER)
 
 
+def test_a_changed_password_takes_effect_at_once_despite_the_credential_cache(team_stack):
+    """The server caches good credentials (``auth_cache_ttl_seconds``): a password once accepted must
+    still stop working the moment an admin changes it, and a wrong one must never be let in."""
+    name, old, new = f"rotated-{time.time_ns()}", "first-password-1", "second-password-2"
+    team_stack.server.request("/api/2.0/mlflow/users/create", {"username": name, "password": old})
+
+    def status(password: str) -> int:
+        request = urllib.request.Request(
+            f"{team_stack.server.url}/api/2.0/mlflow/experiments/search?max_results=1",
+            headers={"Authorization": basic_auth(name, password)},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert [status(old), status(old), status(new)] == [200, 200, 401]  # the second one from the cache
+    admin = basic_auth(team_stack.server.ADMIN, team_stack.server.admin_password)
+    change = urllib.request.Request(
+        f"{team_stack.server.url}/api/2.0/mlflow/users/update-password",
+        data=json.dumps({"username": name, "password": new}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": admin},
+        method="PATCH",
+    )
+    with urllib.request.urlopen(change, timeout=30) as response:
+        assert response.status == 200
+    assert [status(old), status(new)] == [401, 200]
+
+
 def test_a_wrong_password_stops_a_stage_in_seconds_naming_the_server_and_the_fix(team_stack, tmp_path):
     ws = tiny_workspace(tmp_path / "ws")
     env = team_stack.exports() | {"MLFLOW_TRACKING_PASSWORD": "not-the-password"}

@@ -32,6 +32,7 @@ class TrackingServer:
     pid: int | None = None
 
     ADMIN = "admin"
+    AUTH_CACHE_SECONDS = 300
 
     @property
     def url(self) -> str:
@@ -44,12 +45,17 @@ class TrackingServer:
     def start(self) -> int:
         auth_config = self.directory / "basic_auth.ini"
         # READ by default: every user sees every run; writing needs EDIT on the experiment, which its
-        # creator holds (MANAGE) and can grant
+        # creator holds (MANAGE) and can grant. MLflow checks a password against its hash (deliberately
+        # slow: ~0.5 s on these cores) on every request unless its credential cache is on; a stage
+        # makes hundreds of requests. The cache keys on an HMAC of the password under a per-process
+        # key and is dropped for a user whose password or admin flag changes; a wrong password is never
+        # cached and permissions are read on every request.
         auth_config.write_text(
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = {self.auth_db_uri}\nadmin_username = {self.ADMIN}\n"
             f"admin_password = {self.admin_password}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {self.AUTH_CACHE_SECONDS}\n"
         )
         auth_config.chmod(0o600)
         command = [
