@@ -46,11 +46,14 @@ from cvae_pipeline.team.tracking_server import basic_auth
 PIPELINE = ("train", "prior", "fid_reference", "sample", "evaluate")
 
 
-def call(stack, endpoint: str, body: dict | None = None, user: str | None = WRITER) -> tuple[int, dict | str]:
-    """A REST call to the stack's server as ``user`` (None: no credentials); (status, JSON or text)."""
+def call(
+    stack, endpoint: str, body: dict | None = None, user: str | tuple[str, str] | None = WRITER
+) -> tuple[int, dict | str]:
+    """A REST call to the stack's server as ``user``, one of the stack's users or (name, password) (None:
+    no credentials); (status, JSON or text)."""
     headers = {"Content-Type": "application/json"}
     if user:
-        headers["Authorization"] = basic_auth(*stack.credentials(user))
+        headers["Authorization"] = basic_auth(*(stack.credentials(user) if isinstance(user, str) else user))
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{stack.server.url}/api/2.0/mlflow/{endpoint}", data=data, headers=headers)
     try:
@@ -170,26 +173,12 @@ def test_a_changed_password_takes_effect_at_once_despite_the_credential_cache(te
     team_stack.server.request("/api/2.0/mlflow/users/create", {"username": name, "password": old})
 
     def status(password: str) -> int:
-        request = urllib.request.Request(
-            f"{team_stack.server.url}/api/2.0/mlflow/experiments/search?max_results=1",
-            headers={"Authorization": basic_auth(name, password)},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return call(team_stack, "experiments/search?max_results=1", user=(name, password))[0]
 
     assert [status(old), status(old), status(new)] == [200, 200, 401]  # the second one from the cache
-    admin = basic_auth(team_stack.server.ADMIN, team_stack.server.admin_password)
-    change = urllib.request.Request(
-        f"{team_stack.server.url}/api/2.0/mlflow/users/update-password",
-        data=json.dumps({"username": name, "password": new}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": admin},
-        method="PATCH",
+    team_stack.server.request(  # as the admin; raises unless the server accepts it
+        "/api/2.0/mlflow/users/update-password", {"username": name, "password": new}, method="PATCH"
     )
-    with urllib.request.urlopen(change, timeout=30) as response:
-        assert response.status == 200
     assert [status(old), status(new)] == [401, 200]
 
 

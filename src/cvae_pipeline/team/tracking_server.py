@@ -96,12 +96,15 @@ class TrackingServer:
         except OSError:
             return False
 
-    def request(self, path: str, body: dict | None = None, user: tuple[str, str] | None = None) -> dict:
-        """A REST call as ``user`` (default: the admin); StackError with the server's answer on failure."""
+    def request(
+        self, path: str, body: dict | None = None, user: tuple[str, str] | None = None, method: str | None = None
+    ) -> dict:
+        """A REST call as ``user`` (default: the admin), GET or with a body POST unless ``method`` says
+        otherwise; StackError with the server's answer on failure."""
         name, password = user or (self.ADMIN, self.admin_password)
         headers = {"Content-Type": "application/json", "Authorization": basic_auth(name, password)}
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers)
+        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read() or b"{}")
