@@ -321,9 +321,13 @@ def sh(*cmd: str, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-def write_tiny_params(directory: Path, archive_dir: Path, **sections: dict) -> Path:
+def write_tiny_params(directory: Path, archive_dir: Path, precision: str | None = None, **sections: dict) -> Path:
     """``directory/params.yaml``: the real pipeline, shrunk (a tiny archive written into ``archive_dir``, a
-    small model, one epoch, the tiny prior, 50 samples); ``sections`` override (``train={"epochs": 3}``)."""
+    small model, one epoch, the tiny prior, 50 samples); ``sections`` override (``train={"epochs": 3}``).
+
+    ``precision`` pins train, prior and sample to one precision, for tests that compare two runs bit for
+    bit: on a CPU with native bf16, ``auto`` decides by a timing probe, so two runs of the tiny model may
+    choose differently (seen: samples in fp32, then in bf16) and rightly end with other bits."""
     from archives import make_image_folder_archive, sha256
 
     archive = make_image_folder_archive(archive_dir / "cifar.tar.gz", 12, 4)
@@ -336,11 +340,14 @@ def write_tiny_params(directory: Path, archive_dir: Path, **sections: dict) -> P
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
     for section, values in sections.items():
         text[section].update(values)
+    if precision is not None:
+        for section in ("train", "prior", "sample"):
+            text[section]["precision"] = precision
     params.write_text(yaml.safe_dump(text, sort_keys=False))
     return params
 
 
-def make_pipeline_repo(tmp_path: Path, **sections: dict) -> Path:
+def make_pipeline_repo(tmp_path: Path, precision: str | None = None, **sections: dict) -> Path:
     """A copy of the project's pipeline in a new git + DVC repo with :func:`write_tiny_params`."""
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -348,7 +355,7 @@ def make_pipeline_repo(tmp_path: Path, **sections: dict) -> Path:
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    write_tiny_params(repo, tmp_path, **sections)
+    write_tiny_params(repo, tmp_path, precision, **sections)
     sh("git", "init", "-q", cwd=repo)
     sh("git", "config", "user.email", "test@example.com", cwd=repo)
     sh("git", "config", "user.name", "test", cwd=repo)
