@@ -56,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, 2.0, 3.0, 4.0, 5.0])
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: sample.steps)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        nargs=2,
+        action="append",
+        metavar=("LOW", "HIGH"),
+        help="guidance only at noise levels LOW..HIGH (fractions of the schedule, 0 clean, 1 noise); repeatable",
+    )
     parser.add_argument("--gmm", action="store_true", help="also the per-class GMM row")
     parser.add_argument("--model-prior", action="store_true", help="also the N(0, I) row")
     parser.add_argument("--floor", action="store_true", help="also the two floor rows")
@@ -75,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu_description()}; torch {torch.__version__}; {n} images per row, seed {args.seed}", flush=True)
 
     rows: list[tuple[str, callable]] = []
-    for g in args.guidance:
-        rows.append(
-            (f"diffusion g={g:g} ({steps} steps)", lambda g=g: draw(model, classes, args, prior.sampler(steps, g)))
-        )
+    for interval in args.interval or [(0.0, 1.0)]:
+        span = "" if tuple(interval) == (0.0, 1.0) else f" in [{interval[0]:g}, {interval[1]:g}]"
+        for g in args.guidance:
+            rows.append(
+                (
+                    f"diffusion g={g:g}{span} ({steps} steps)",
+                    lambda g=g, i=tuple(interval): draw(model, classes, args, prior.sampler(steps, g, i)),
+                )
+            )
     if args.gmm:
         rows.append((f"gmm ({GMM_COMPONENTS}/class, t={GMM_TEMPERATURE})", lambda: draw_gmm(model, classes, args)))
     if args.model_prior:

@@ -92,6 +92,24 @@ def test_guidance_zero_is_unconditional_one_conditional_and_between_mixes_the_tw
     assert torch.equal(a, b)
 
 
+def test_guidance_outside_its_interval_is_plain_conditional():
+    torch.manual_seed(0)
+    denoiser = Denoiser(3, 4, 16, 2).eval()
+    for layer in (denoiser.output, denoiser.final_modulation[1]):
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    diffusion, y = GaussianDiffusion(50, "v"), torch.tensor([0, 1, 2, 3])
+
+    def draw(guidance, interval=(0.0, 1.0)):
+        return diffusion.sample(denoiser, y, 10, guidance, 1.0, torch.Generator().manual_seed(1), interval)
+
+    guided, conditional = draw(3.0), draw(1.0)
+    assert not torch.allclose(guided, conditional)
+    assert torch.equal(draw(3.0, (0.0, 1.0)), guided)  # the whole schedule: guided throughout
+    assert torch.equal(draw(3.0, (2.0, 3.0)), conditional)  # no step inside: plain conditional
+    partly = draw(3.0, (0.3, 0.7))
+    assert not torch.allclose(partly, guided) and not torch.allclose(partly, conditional)
+
+
 def test_the_sampler_is_deterministic_for_a_seed(trained_mixture_prior):
     sampler = trained_mixture_prior.fitted_prior().sampler(steps=20, guidance=2.0)
     y = torch.tensor([0, 1, 0, 1])

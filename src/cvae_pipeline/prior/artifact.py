@@ -31,8 +31,8 @@ class DiffusionPrior:
     mean: torch.Tensor  # [D]
     scale: torch.Tensor  # [D]
 
-    def sampler(self, steps: int, guidance: float) -> DiffusionSampler:
-        return DiffusionSampler(self, steps, guidance)
+    def sampler(self, steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> DiffusionSampler:
+        return DiffusionSampler(self, steps, guidance, interval)
 
     def describe(self, steps: int, guidance: float) -> str:
         d = self.denoiser
@@ -54,10 +54,11 @@ class DiffusionSampler:
     prior: DiffusionPrior
     steps: int
     guidance: float
+    interval: tuple[float, float] = (0.0, 1.0)
 
     def sample(self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None):
         p = self.prior
-        x = p.diffusion.sample(p.denoiser, labels, self.steps, self.guidance, temperature, generator)
+        x = p.diffusion.sample(p.denoiser, labels, self.steps, self.guidance, temperature, generator, self.interval)
         return p.mean.to(x.device) + p.scale.to(x.device) * x
 
 

@@ -152,8 +152,15 @@ class GaussianDiffusion:
         guidance: float = 1.0,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
     ) -> torch.Tensor:
-        """Standardised latents for labels ``y`` by deterministic DDIM; noise from ``generator``."""
+        """Standardised latents for labels ``y`` by deterministic DDIM; noise from ``generator``.
+
+        ``guidance_interval``: the noise levels, as fractions t / (timesteps - 1) from 0 (clean) to 1
+        (pure noise), at which ``guidance`` applies; elsewhere the step is plain conditional
+        (guidance 1). Guidance at the noisiest steps pulls every draw of a class toward the same few
+        modes (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval improves sample and
+        distribution quality in diffusion models")."""
         device = y.device
         gen_device = generator.device if generator is not None else device
         x = temperature * torch.randn((len(y), denoiser.dim), generator=generator, device=gen_device).to(device)
@@ -163,7 +170,9 @@ class GaussianDiffusion:
             a = alpha_bar[step].float()
             a_prev = alpha_bar[timesteps[i + 1]].float() if i + 1 < len(timesteps) else torch.ones((), device=device)
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
-            out = self._guided(denoiser, x, t, y, guidance)
+            level = step / max(1, self.timesteps - 1)
+            inside = guidance_interval[0] <= level <= guidance_interval[1]
+            out = self._guided(denoiser, x, t, y, guidance if inside else 1.0)
             if self.prediction == "v":
                 x0 = a.sqrt() * x - (1 - a).sqrt() * out
                 eps = (1 - a).sqrt() * x + a.sqrt() * out
