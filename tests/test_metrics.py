@@ -13,7 +13,7 @@ from scipy import linalg
 
 from cvae_pipeline.metrics import inception
 from cvae_pipeline.metrics.class_consistency import LinearProbe, class_consistency, make_probe
-from cvae_pipeline.metrics.fid import Statistics, fid_from_features, frechet_distance
+from cvae_pipeline.metrics.fid import Statistics, fid_against, fid_from_features, frechet_distance
 from cvae_pipeline.metrics.kid import kid, polynomial_mmd2_unbiased
 from cvae_pipeline.metrics.likelihood import likelihood_metrics
 from cvae_pipeline.metrics.precision_recall import precision_recall
@@ -48,6 +48,7 @@ def test_fid_matches_pytorch_fid_formula(n_a, n_b):
     expected = calculate_frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
     assert frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma) == pytest.approx(expected, rel=1e-6)
     assert fid_from_features(a, b) == pytest.approx(expected, rel=1e-6)
+    assert fid_against(a, sb) == pytest.approx(expected, rel=1e-6)  # low-rank when a has < 16 images
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_shift():

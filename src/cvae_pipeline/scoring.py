@@ -14,7 +14,7 @@ from .data.splits import stratified_subset
 from .io import atomic_file, write_json_atomic
 from .metrics.class_consistency import LinearProbe
 from .metrics.evaluation import sample_quality
-from .metrics.fid import Statistics, frechet_distance
+from .metrics.fid import Statistics, fid_against
 from .metrics.inception import InceptionFeatures
 from .metrics.likelihood import likelihood_metrics
 from .metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
@@ -60,8 +60,8 @@ def floor(model, images, labels, count: int, reference_stats: Statistics, incept
     out = {}
     for key, draws in (("reconstruction_fid", False), ("posterior_draw_fid", True)):
         decoded = reconstruct_set(model, images, labels, posterior_draws=draws)
-        stats = Statistics.of(inception(decoded, desc=f"inception {key.removesuffix('_fid').replace('_', ' ')}s"))
-        out[key] = frechet_distance(stats.mu, stats.sigma, reference_stats.mu, reference_stats.sigma)
+        features = inception(decoded, desc=f"inception {key.removesuffix('_fid').replace('_', ' ')}s")
+        out[key] = fid_against(features, reference_stats)
     out["reconstruction_fid_images"] = len(labels)
     return out
 

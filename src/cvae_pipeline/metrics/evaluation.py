@@ -6,7 +6,7 @@ import numpy as np
 
 from ..config import EvaluateParams
 from .class_consistency import LinearProbe, class_consistency
-from .fid import Statistics, fid_from_features, frechet_distance
+from .fid import Statistics, fid_against, fid_from_features
 from .kid import kid
 from .precision_recall import precision_recall
 from .reference import FeatureSet
@@ -16,9 +16,8 @@ def sample_quality(
     reference: FeatureSet, reference_stats: Statistics, probe: LinearProbe, fake: FeatureSet, cfg: EvaluateParams
 ) -> dict:
     """FID, KID, per-class FID/KID, class consistency and precision/recall."""
-    fake_stats = Statistics.of(fake.features)
     out: dict = {
-        "fid": frechet_distance(fake_stats.mu, fake_stats.sigma, reference_stats.mu, reference_stats.sigma),
+        "fid": fid_against(fake.features, reference_stats),
         "num_samples": len(fake.labels),
         "reference_images": len(reference.labels),
     }

@@ -71,6 +71,32 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
 
 
+def fid_against(features: np.ndarray, reference: Statistics) -> float:
+    """FID of a feature set against saved statistics; exact low-rank route for a set smaller than half
+    the dimension.
+
+    With the set's centred, scaled features Q (n x d), its covariance is Q^T Q, and the non-zero
+    eigenvalues of S_ref Q^T Q are those of the small symmetric n x n matrix Q S_ref Q^T. For the
+    default 1,000 samples against 2,048-dimensional statistics that replaces two 2,048 x 2,048
+    eigendecompositions (~4 s on 2 cores) with one of 1,000 x 1,000; the same value to rounding.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if len(features) * 2 >= features.shape[1]:
+        stats = Statistics.of(features)
+        return frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
+    if len(features) < 2:
+        raise PipelineError(f"FID needs at least 2 images, got {len(features)}")
+    if features.shape[1] != np.atleast_1d(reference.mu).shape[0]:
+        raise PipelineError("FID statistics have different dimensions")
+    mu = features.mean(axis=0)
+    q = (features - mu) / np.sqrt(len(features) - 1)
+    middle = q @ reference.sigma @ q.T
+    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+    diff = mu - reference.mu
+    trace_sqrt = np.sum(np.sqrt(np.clip(eigenvalues, 0, None)))
+    return float(diff.dot(diff) + np.sum(q * q) + np.trace(reference.sigma) - 2 * trace_sqrt)
+
+
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     """FID of two feature sets; exact low-rank route when one set is smaller than half the dimension.
 
