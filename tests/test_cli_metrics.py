@@ -75,7 +75,7 @@ def test_fid_against_itself_is_zero_and_saved_stats_are_reused(folders, tmp_path
     assert main(["fid", str(a), str(b), "--device", "cpu"]) == 0
     direct = last_value(capsys.readouterr().out, "FID:")
     assert main(["fid", str(stats), str(b), "--device", "cpu"]) == 0
-    assert last_value(capsys.readouterr().out, "FID:") == pytest.approx(direct, rel=1e-9)
+    assert last_value(capsys.readouterr().out, "FID:") == pytest.approx(direct, rel=1e-6)
     assert direct > 1
 
 
