@@ -74,11 +74,17 @@ def test_the_null_class_is_trained_only_with_label_dropout(tmp_path):
         assert changed == learns, dropout
 
 
-def test_guidance_zero_is_unconditional_one_conditional_and_between_mixes_the_two():
+def untrained_denoiser() -> Denoiser:
+    """A small denoiser whose output depends on its class (the zero-initialised output layers randomised)."""
     torch.manual_seed(0)
     denoiser = Denoiser(3, 4, 16, 2).eval()
     for layer in (denoiser.output, denoiser.final_modulation[1]):
         torch.nn.init.normal_(layer.weight, std=0.5)
+    return denoiser
+
+
+def test_guidance_zero_is_unconditional_one_conditional_and_between_mixes_the_two():
+    denoiser = untrained_denoiser()
     diffusion = GaussianDiffusion(50, "v")
     x, t, y = torch.randn(5, 3), torch.tensor([0, 10, 20, 30, 49]), torch.tensor([0, 1, 2, 3, 1])
     null = torch.full_like(y, denoiser.null_class)
@@ -93,10 +99,7 @@ def test_guidance_zero_is_unconditional_one_conditional_and_between_mixes_the_tw
 
 
 def test_guidance_outside_its_interval_is_plain_conditional():
-    torch.manual_seed(0)
-    denoiser = Denoiser(3, 4, 16, 2).eval()
-    for layer in (denoiser.output, denoiser.final_modulation[1]):
-        torch.nn.init.normal_(layer.weight, std=0.5)
+    denoiser = untrained_denoiser()
     diffusion, y = GaussianDiffusion(50, "v"), torch.tensor([0, 1, 2, 3])
 
     def draw(guidance, interval=(0.0, 1.0)):
