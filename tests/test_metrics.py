@@ -199,6 +199,38 @@ def test_optimized_network_gives_the_shipped_torchscript_networks_features():
     np.testing.assert_allclose(ours, shipped.double().numpy(), atol=1e-4, rtol=1e-4)
 
 
+def test_the_cached_network_gives_the_built_networks_features_and_damage_means_a_rebuild(tmp_path, monkeypatch, capsys):
+    """The optimised network is built once, kept in ``$CVAE_CACHE_DIR``, and loaded from there bit for
+    bit the same; a damaged file is rebuilt, an unwritable folder costs only a note."""
+    from cvae_pipeline.metrics import inception_cache
+
+    monkeypatch.setenv(inception_cache.CACHE_ENV, str(tmp_path / "cache"))
+    x = inception.preprocess(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).contiguous(
+        memory_format=torch.channels_last
+    )
+    cached = inception_cache.cache_path(inception.WEIGHTS_SHA1, torch.device("cpu"))
+    assert not cached.exists()
+    with torch.inference_mode():
+        built = inception.load_inception()(x)
+        assert cached.is_file() and inception_cache.load(cached, torch.device("cpu")) is not None
+        stamp = cached.stat().st_mtime_ns
+        assert torch.equal(inception.load_inception()(x), built)
+        assert cached.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+        data = bytearray(cached.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte, in the weights
+        cached.write_bytes(bytes(data))
+        assert inception_cache.load(cached, torch.device("cpu")) is None
+        assert torch.equal(inception.load_inception()(x), built)
+        assert inception_cache.load(cached, torch.device("cpu")) is not None  # rebuilt and rewritten
+
+        monkeypatch.setenv(inception_cache.CACHE_ENV, str(tmp_path / "a-file" / "cache"))
+        (tmp_path / "a-file").write_text("not a folder")
+        capsys.readouterr()
+        assert torch.equal(inception.load_inception()(x), built)
+    assert capsys.readouterr().out.startswith(f"note: could not cache the FID network in {tmp_path / 'a-file'}")
+
+
 def test_features_of_a_read_only_memory_map_equal_a_tensors_and_warn_nothing(tmp_path):
     """The prepared arrays are opened memory-mapped and read-only; torch warns (once per process, so
     this runs in its own) when a tensor is made over one, and must not read all of it at once."""

