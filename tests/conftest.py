@@ -78,11 +78,13 @@ LONGEST_FIRST = (
     "test_pipeline_dvc.py",
     "test_team_stack.py",
     "test_kills.py",
-    "test_fuzz.py",
     "test_faults.py",
     "test_cli_metrics.py",
+    "test_reported_defects.py",
+    "test_tracking_server.py",
     "test_training.py",
     "test_serving.py",
+    "test_fuzz.py",
 )
 
 

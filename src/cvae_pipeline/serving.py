@@ -24,6 +24,7 @@ the scoring server answers with HTTP 400 and the message.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import tempfile
@@ -181,13 +182,11 @@ def log_generator(
     its latents from the same density as the evaluated samples (the ``sample`` stage does this), with
     the sampler ``settings`` (temperature, steps, guidance) unless a request says otherwise;
     ``described``: what the latents are, for the model's metadata."""
-    import torchvision
-
     settings = SAMPLER_DEFAULTS | (settings or {})
     package_dir = Path(__file__).resolve().parent
     requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
-        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"torchvision=={importlib.metadata.version('torchvision').split('+')[0]}",  # no import: ~1.5 s
         f"numpy=={np.__version__}",
         f"mlflow=={mlflow.__version__}",
         "pydantic>=2.6",
