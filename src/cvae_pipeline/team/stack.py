@@ -142,9 +142,8 @@ class Stack:
         if not self.state:
             return
         pids = self.state.get("pids", {})
-        processes.stop(pids.get("mlflow"))
-        processes.stop(pids.get("seaweedfs"))
-        self.postgres.stop()
+        processes.stop(pids.get("mlflow"), pids.get("seaweedfs"))
+        self.postgres.stop()  # after the server: it holds connections to the cluster
         self.state["pids"] = {}
         self._save()
 
