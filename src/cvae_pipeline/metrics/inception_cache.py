@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from ..errors import WriteError
+from ..io import atomic_file
 
 CACHE_ENV = "CVAE_CACHE_DIR"
 #: bump when what the file holds changes (e.g. another optimisation of the network)
@@ -66,22 +68,11 @@ def store(network: torch.jit.ScriptModule, path: Path) -> None:
         torch.jit.save(network, buffer)
     data = buffer.getvalue()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, data)
-        _write_atomically(_digest_path(path), hashlib.sha256(data).hexdigest().encode())
-    except OSError as err:
+        for target, content in ((path, data), (_digest_path(path), hashlib.sha256(data).hexdigest().encode())):
+            with atomic_file(target) as tmp:
+                tmp.write_bytes(content)
+    except (OSError, WriteError) as err:
         print(
-            f"note: could not cache the FID network in {path.parent} ({err.strerror or err}); "
+            f"note: could not cache the FID network in {path.parent} ({getattr(err, 'strerror', None) or err}); "
             f"it is rebuilt on each run (set {CACHE_ENV} to a writable folder)"
         )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

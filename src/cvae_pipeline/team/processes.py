@@ -81,11 +81,17 @@ def alive(pid: int | None) -> bool:
 def _zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and only waits to be reaped by a parent that is not us (``team down``
     runs in another process than the ``team up`` that started the servers)."""
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] == "Z"
+
+
+def _stat_fields(path: Path) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the parenthesised name (state, ppid, pgrp, ...); None once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = path.read_text()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].startswith("Z")  # the state follows the name in parentheses
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def group_alive(pid: int | None) -> bool:
@@ -102,12 +108,8 @@ def group_alive(pid: int | None) -> bool:
     if not Path("/proc/self/stat").is_file():
         return True  # no procfs: the group exists, zombies or not
     for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            stat = path.read_text()
-        except OSError:  # ended while we looked
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...
-        if fields[2] == str(pid) and fields[0] != "Z":
+        fields = _stat_fields(path)  # None: ended while we looked
+        if fields is not None and fields[2] == str(pid) and fields[0] != "Z":
             return True
     return False
 
