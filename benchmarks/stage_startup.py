@@ -11,7 +11,11 @@ alternated ``--repeats`` times, medians printed:
   the frozen file from the cache (``metrics/inception_cache.py``), with the largest feature difference
   between the two (0 expected);
 * ``sample grid``: ``torchvision.utils.make_grid`` (its import included: it imports torch._dynamo)
-  against ``sampling.grid_of`` (what train, prior and sample draw), 100 images.
+  against ``sampling.grid_of`` (what train, prior and sample draw), 100 images;
+* ``image-folder index`` (``prepare``): torchvision's ``find_classes`` + ``make_dataset`` (their
+  import included: torchvision, and with it torch) against ``data.readers.index_image_folders``
+  (what ``prepare`` uses: it needs torch for nothing else), 10 class folders of 100 files each. This
+  snippet alone starts without ``import torch``.
 
 Needs no data. Run it alone: a concurrent heavy process slows every row.
 """
@@ -66,6 +70,23 @@ else:
 print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """
 
+INDEX = """
+import json, sys, time
+from pathlib import Path
+folder = Path({folder!r})
+start = time.perf_counter()
+if {torchvision}:
+    from torchvision.datasets.folder import find_classes, make_dataset
+    classes, class_to_idx = find_classes(str(folder))
+    samples = make_dataset(str(folder), class_to_idx, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+else:
+    from cvae_pipeline.data.readers import class_folders, index_image_folders
+    samples = index_image_folders(folder, class_folders(folder))
+seconds = time.perf_counter() - start
+assert len(samples) == 1000 and ("torch" in sys.modules) == {torchvision}
+print(json.dumps({{"seconds": seconds}}))
+"""
+
 
 def timed(snippet: str, env: dict[str, str]) -> float:
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=600)
@@ -104,6 +125,20 @@ def main(argv: list[str] | None = None) -> int:
                 grid[torchvision].append(timed(GRID.format(torchvision=torchvision), base))
         old, new = statistics.median(grid[True]), statistics.median(grid[False])
         print(f"sample grid: torchvision make_grid (import included) {old:.2f} s, grid_of {new:.3f} s")
+        folder = scratch / "images"
+        for c in range(10):
+            (folder / f"class{c}").mkdir(parents=True)
+            for i in range(100):
+                (folder / f"class{c}" / f"{i:03d}.jpg").write_bytes(b"")
+        index = {True: [], False: []}
+        for _ in range(args.repeats):
+            for torchvision in index:
+                index[torchvision].append(timed(INDEX.format(folder=str(folder), torchvision=torchvision), base))
+        old, new = statistics.median(index[True]), statistics.median(index[False])
+        print(
+            f"image-folder index: torchvision find_classes + make_dataset (import included) {old:.2f} s, "
+            f"index_image_folders {new:.3f} s"
+        )
     return 0
 
 

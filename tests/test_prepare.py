@@ -59,6 +59,34 @@ def test_mismatched_class_folders_are_reported(tmp_path):
         read_dataset(raw)
 
 
+def test_image_folders_are_indexed_as_torchvision_indexes_them(tmp_path):
+    """The hand-written index (prepare imports no torch) against ``ImageFolder``'s own: nested
+    folders, upper-case and foreign extensions, a linked sub-folder, files sorted per class."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    from cvae_pipeline.data.readers import IMAGE_EXTENSIONS, class_folders, index_image_folders
+
+    raw = extracted(tmp_path, make_image_folder_archive, 3, 1)
+    train = raw / "train"
+    (train / "cat" / "deeper" / "more").mkdir(parents=True)
+    for name in ("b.JPG", "a.png", "notes.txt", "c.jpeg.bak"):
+        (train / "cat" / "deeper" / "more" / name).write_bytes(b"x")
+    (train / "dog" / "linked").symlink_to(train / "cat" / "deeper")
+    (train / "bird" / "z.webp").write_bytes(b"x")
+
+    classes, class_to_idx = find_classes(str(train))
+    assert class_folders(train) == classes
+    assert index_image_folders(train, classes) == make_dataset(str(train), class_to_idx, extensions=IMAGE_EXTENSIONS)
+
+
+def test_a_class_folder_without_images_is_named(tmp_path):
+    raw = extracted(tmp_path, make_image_folder_archive, 1, 1)
+    for image in (raw / "test" / "ship").iterdir():
+        image.unlink()
+    with pytest.raises(DatasetError, match=r"test/ship: no images in this class folder \(looked for \.jpg"):
+        read_dataset(raw)
+
+
 def test_wrong_image_size_is_reported(tmp_path):
     from PIL import Image
 
