@@ -325,7 +325,8 @@ def sh(*cmd: str, cwd: Path) -> str:
 
 def write_tiny_params(directory: Path, archive_dir: Path, precision: str | None = None, **sections: dict) -> Path:
     """``directory/params.yaml``: the real pipeline, shrunk (a tiny archive written into ``archive_dir``, a
-    small model, one epoch, the tiny prior, 50 samples); ``sections`` override (``train={"epochs": 3}``).
+    small model, one epoch, the tiny prior, 20 samples: their Inception pass is the dearest part of a tiny
+    ``evaluate``); ``sections`` override (``train={"epochs": 3}``).
 
     ``precision`` pins train, prior and sample to one precision, for tests that compare two runs bit for
     bit: on a CPU with native bf16, ``auto`` decides by a timing probe, so two runs of the tiny model may
@@ -338,7 +339,7 @@ def write_tiny_params(directory: Path, archive_dir: Path, precision: str | None 
     text["model"].update(backbone="mlp", width=32, latent_dim=8, latent_resolution=1)
     text["train"].update(epochs=1, batch_size=32)
     text["prior"].update(TINY_PRIOR)
-    text["sample"].update(per_class=5, steps=5, guidance=3.0, temperature=1.0)  # the tests re-sample at 0.5
+    text["sample"].update(per_class=2, steps=5, guidance=3.0, temperature=1.0)  # the tests re-sample at 0.5
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
     for section, values in sections.items():
         text[section].update(values)

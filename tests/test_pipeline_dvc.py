@@ -54,7 +54,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
     for key in ("fid", "kid_mean", "kid_std", "class_consistency", "precision", "recall", "test_neg_elbo_nats"):
         assert np.isfinite(metrics[key]), key
-    assert metrics["num_samples"] == 50 and set(metrics["per_class"]) == set(CLASSES)
+    assert metrics["num_samples"] == 20 and set(metrics["per_class"]) == set(CLASSES)
     (run,) = mlflow_runs(dvc_repo)
     assert run.data.params["model.backbone"] == "mlp" and "fid" in run.data.metrics
     assert run.data.metrics["fid"] == pytest.approx(metrics["fid"])
@@ -68,7 +68,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     (version,) = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
     assert version.description.startswith(
-        f"FID {metrics['fid']:.2f} (50 samples vs 40 test images; decoder mean, latents from {LATENTS})"
+        f"FID {metrics['fid']:.2f} (20 samples vs 40 test images; decoder mean, latents from {LATENTS})"
     )
     # the registered model is the generator the sample stage logged with its prior: it serves what was scored
     generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())["model_uri"]
@@ -220,7 +220,7 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     assert "floor: reconstructions FID" in out
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
     assert np.isfinite(metrics["reconstruction_fid"]) and np.isfinite(metrics["posterior_draw_fid"])
-    assert metrics["reconstruction_fid_images"] == 40  # as many as the 50 samples, capped by the 40 test images
+    assert metrics["reconstruction_fid_images"] == 20  # as many as the samples: 2 of the 4 test images per class
     (floor,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "decoder-floor"]
     assert floor.data.tags["mlflow.parentRunId"] == guided.info.run_id
     assert floor.data.tags["trained_in_run"] == trained.info.run_id and floor.data.params["sample.guidance"] == "2.0"
