@@ -103,3 +103,20 @@ def test_bad_paths_give_one_line_errors(tmp_path, capsys):
     np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
     assert main(["kid", str(stats), str(stats)]) == 1
     assert "KID needs images or features" in capsys.readouterr().err
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, capsys, monkeypatch):
+    """``cvae fid "$A" b.npz`` with A unset: the fuzzer found it scoring every image below the working
+    folder (a checkout with data/raw: 60,000 JPEGs) before failing on their sizes."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (32, 32)).save(tmp_path / "stray.png")
+    stats = tmp_path / "s.npz"
+    np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
+    for argv in (
+        ["fid", "", str(stats)],
+        ["kid", "", str(stats)],
+        ["fid", "", "--save-stats", str(tmp_path / "o.npz")],
+    ):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err == "error: an empty path was given; name a folder, .npy or .npz file\n", (argv, err)

@@ -412,7 +412,8 @@ def test_any_command_line_ends_in_a_one_line_error_or_usage(garbage, data, capsy
     )
     argv = [command, *data.draw(st.lists(words, max_size=5))]
     assume(all("\0" not in word for word in argv))
-    with cli_bounds.case():
+    # relative words resolve in the garbage folder, not in whatever folder pytest was started from
+    with contextlib.chdir(Path(garbage[0]).parent), cli_bounds.case():
         try:
             code = cli.main(argv)
         except SystemExit as exc:  # argparse: usage and one error line, exit 2

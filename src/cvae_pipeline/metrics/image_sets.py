@@ -58,6 +58,8 @@ def read_folder(folder: Path) -> np.ndarray:
 
 
 def load_image_set(path: str | Path) -> ImageSet:
+    if str(path) == "":  # Path("") is the working folder: an unset shell variable would score all below it
+        raise PipelineError("an empty path was given; name a folder, .npy or .npz file")
     path = Path(path)
     if path.is_dir():
         return ImageSet(path, images=read_folder(path))
