@@ -73,14 +73,14 @@ print(json.dumps({{"seconds": time.perf_counter() - start}}))
 INDEX = """
 import json, sys, time
 from pathlib import Path
+from cvae_pipeline.data.readers import IMAGE_EXTENSIONS, class_folders, index_image_folders  # prepare's either way
 folder = Path({folder!r})
 start = time.perf_counter()
 if {torchvision}:
     from torchvision.datasets.folder import find_classes, make_dataset
     classes, class_to_idx = find_classes(str(folder))
-    samples = make_dataset(str(folder), class_to_idx, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMAGE_EXTENSIONS)
 else:
-    from cvae_pipeline.data.readers import class_folders, index_image_folders
     samples = index_image_folders(folder, class_folders(folder))
 seconds = time.perf_counter() - start
 assert len(samples) == 1000 and ("torch" in sys.modules) == {torchvision}

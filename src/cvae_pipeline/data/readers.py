@@ -102,7 +102,7 @@ def index_image_folders(folder: Path, classes: list[str]) -> list[tuple[str, int
     """``(path, label)`` of every image under ``folder/<class>/`` (any depth, links followed), each
     class's files in sorted order: the index torchvision's ``make_dataset`` builds for ``ImageFolder``
     (a test checks the two agree). Written out rather than imported because importing torchvision
-    (and with it torch) cost ``prepare``, which needs neither otherwise, 2.9 s a run
+    (and with it torch) cost ``prepare``, which needs neither otherwise, ~3 s a run
     (``benchmarks/stage_startup.py``)."""
     samples = []
     for label, name in enumerate(classes):
