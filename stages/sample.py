@@ -13,7 +13,7 @@ from cvae_pipeline.data.sources import file_checksum
 from cvae_pipeline.io import atomic_directory, save_png, write_json_atomic
 from cvae_pipeline.models.artifact import load_trained_model
 from cvae_pipeline.runtime import resolve_device
-from cvae_pipeline.samples import GENERATOR_FILE, RUN_FILE
+from cvae_pipeline.samples import GENERATOR_FILE
 from cvae_pipeline.sampling import draw_sample_set, grid_of
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.tracking.stage_logging import log_samples
@@ -58,8 +58,9 @@ def main() -> None:
                 },
             )
             write_json_atomic(tmp / GENERATOR_FILE, {"model_uri": model_uri})
-        tracking.write_run_file(run_id, experiment_id, model_uri, path=tmp / RUN_FILE)
     save_png(grid, paths.SAMPLES_GRID)
+    # the run file last, once the run has ended: a kill before it leaves the stage for DVC to re-run
+    tracking.write_run_file(run_id, experiment_id, model_uri, path=paths.SAMPLES_RUN_FILE)
     s = samples.sampling
     print(
         f"sampled {len(samples.labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}, "

@@ -43,7 +43,8 @@ TRAIN = {"epochs": 3}
 RUN_IDENTITY = {
     "models/mlflow_run.json",
     "models/prior_run.json",
-    "data/samples/mlflow_run.json",
+    "reports/sample_run.json",
+    "reports/evaluate_run.json",
     "data/samples/generator.json",
     # resume files (no DVC outputs): they hold the run id beside the weights
     "models/checkpoints/last.pt",
@@ -199,6 +200,47 @@ def test_kill_9_in_each_stage_then_repro_matches_the_uninterrupted_run(baseline)
         "stage seconds": " ".join(f"{stage} {seconds:.1f}" for stage, seconds in durations.items()),
         "killed at": " ".join(points),
     }
+
+
+def open_run_of(process: psutil.Process, repo: Path, timeout: float = 120) -> str:
+    """The id of the MLflow run ``process`` holds open (RUNNING, tagged with it as owner), once it has one."""
+    from cvae_pipeline.tracking.orphans import OWNER_TAG, owner
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.is_running(), "the stage ended before its MLflow run was seen open"
+        with contextlib.suppress(Exception):  # the store mid-write; a child gone meanwhile
+            tags = {owner(p.pid) for p in [process, *process.children(recursive=True)]}  # sh -c may fork
+            for run in mlflow_runs(repo):
+                if run.info.status == "RUNNING" and run.data.tags.get(OWNER_TAG) in tags:
+                    return run.info.run_id
+        time.sleep(0.02)
+    raise AssertionError(f"no run of the stage was seen open within {timeout:.0f} s")
+
+
+@pytest.mark.parametrize("stage", ["sample", "evaluate"])
+def test_a_stage_killed_while_its_run_is_open_is_run_again_and_closes_that_run(baseline, stage):
+    """The case a random kill meets only now and then: ``kill -9`` while the stage's MLflow run is open.
+    DVC holds the stage's outputs for these very inputs and would check them out of its cache without
+    running anything, leaving the run RUNNING; the run file DVC keeps no copy of makes it re-run the
+    stage, which closes the run, and ends with the uninterrupted run's outputs."""
+    repo, expected, _ = baseline
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        killed = open_run_of(stage_process(psutil.Process(dvc.pid), stage), repo)
+        os.killpg(dvc.pid, signal.SIGKILL)
+    finally:
+        dvc.wait(timeout=60)
+    out = sh("dvc", "repro", cwd=repo)
+    assert f"Running stage '{stage}'" in out and "is cached" not in out, out
+    assert snapshot(repo) == expected
+    status = {r.info.run_id: r.info.status for r in mlflow_runs(repo)}
+    assert "RUNNING" not in status.values(), status
+    assert status[killed] in ("KILLED", "FINISHED"), status[killed]  # closed, or re-opened and finished
+    tally("kill -9 while a stage's MLflow run is open", "re-run, run closed, outputs bit-exact")
 
 
 def test_a_dvc_lock_cut_short_by_a_kill_is_recovered_from_git(baseline):

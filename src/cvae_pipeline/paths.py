@@ -34,11 +34,15 @@ PRIOR_METRICS = PRIOR_REPORTS / "metrics.json"
 
 SAMPLES_DIR = Path("data/samples")
 SAMPLES_GRID = Path("reports/samples/grid.png")
+# the run sample logged to (evaluate logs there too), kept in git like the other run files
+SAMPLES_RUN_FILE = Path("reports/sample_run.json")
 
 EVAL_DIR = Path("data/eval")
 SAMPLE_FEATURES = EVAL_DIR / "sample_features.npz"
 METRICS = Path("reports/metrics.json")
 PER_CLASS_PLOT = Path("reports/per_class.csv")
+# the run evaluate logged its scores to and the registered version, kept in git
+EVAL_RUN_FILE = Path("reports/evaluate_run.json")
 
 # `cvae report` / `cvae compare` (not pipeline outputs)
 COMPARE_DIR = Path("reports/compare")
@@ -60,9 +64,11 @@ PRODUCERS = {
     PRIOR_REPORTS: "prior",
     SAMPLES_DIR: "sample",
     SAMPLES_GRID: "sample",
+    SAMPLES_RUN_FILE: "sample",
     EVAL_DIR: "evaluate",
     METRICS: "evaluate",
     PER_CLASS_PLOT: "evaluate",
+    EVAL_RUN_FILE: "evaluate",
 }
 
 

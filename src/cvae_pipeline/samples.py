@@ -1,9 +1,9 @@
 """The generated set on disk (``data/samples/``): what ``sample`` writes and ``evaluate`` scores.
 
 uint8 images and int64 labels as ``.npy`` (the prepared data's format), the class names, what the
-images are (``sampling.json``: latents from where, decoder mean or draw, temperature), and beside
-them the files that say where they were logged: the MLflow run, and the logged generator that ships
-the model with its fitted prior (what ``evaluate`` registers).
+images are (``sampling.json``: latents from where, decoder mean or draw, temperature), and the logged
+generator that ships the model with its fitted prior (what ``evaluate`` registers). The MLflow run they
+were logged to is named by ``reports/sample_run.json`` (see :mod:`.tracking.handoff` for why it is not here).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ LABELS_FILE = "labels.npy"
 CLASSES_FILE = "classes.json"
 SAMPLING_FILE = "sampling.json"
 GENERATOR_FILE = "generator.json"  # {"model_uri": ...}: the logged generator, what evaluate registers
-RUN_FILE = "mlflow_run.json"  # the run ``sample`` logged to; ``evaluate`` logs there too
 
 
 @dataclass

@@ -82,9 +82,10 @@ def fit_prior(params: PipelineParams) -> dict:
         if run is not None:
             mlflow.log_image(grid, artifact_file="prior/samples.png")
             mlflow.log_metric("prior_seconds", metrics["prior_seconds"])  # the losses went in per epoch
-        tracking.write_run_file(
-            run.info.run_id if run else None, run.info.experiment_id if run else None, path=paths.PRIOR_RUN_FILE
-        )
+    # the run file last, once the run has ended (tracking/handoff.py says why)
+    tracking.write_run_file(
+        run.info.run_id if run else None, run.info.experiment_id if run else None, path=paths.PRIOR_RUN_FILE
+    )
     return metrics
 
 

@@ -1,12 +1,18 @@
 """The run file a stage leaves for the next: which MLflow run it logged to.
 
-``train`` writes ``models/mlflow_run.json`` (kept in git, so an applied experiment's later stages
-log beside the run it trained in), ``prior`` writes ``models/prior_run.json`` for ``sample``, and
-``sample`` writes ``data/samples/mlflow_run.json`` for ``evaluate``. It holds ids only, never the
-tracking URI: a tracked file must not carry a machine's path, and the store is whatever this
-machine's ``MLFLOW_TRACKING_URI`` (or its local SQLite file) says. A run id this store does not
-know — a clone that pulled the model from a DVC remote, but not the git-ignored ``mlflow.db`` — is
-handled by :func:`.runs.recorded_run`.
+``train`` writes ``models/mlflow_run.json``, ``prior`` ``models/prior_run.json`` (read by ``sample``),
+``sample`` ``reports/sample_run.json`` (read by ``evaluate``) and ``evaluate``
+``reports/evaluate_run.json`` (its run and the registered version). All are kept in git, so an applied
+experiment's later stages log beside its runs. Each stage writes its run file last, after its run has
+ended, and ``dvc.yaml`` declares it with ``cache: false``: DVC then has no cached copy to restore the
+stage from, so a stage killed while its run was open is *run* again by the next ``dvc repro`` (which
+closes the run the kill left RUNNING, see :mod:`.orphans`) instead of having its outputs checked out
+from the cache with the run left RUNNING for ever.
+
+A run file holds ids only, never the tracking URI: a tracked file must not carry a machine's path, and
+the store is whatever this machine's ``MLFLOW_TRACKING_URI`` (or its local SQLite file) says. A run id
+this store does not know — a clone that pulled the model from a DVC remote, but not the git-ignored
+``mlflow.db`` — is handled by :func:`.runs.recorded_run`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from ..io import write_json_atomic
-from ..paths import PRIOR_RUN_FILE, TRAIN_RUN_FILE
+from ..paths import TRAIN_RUN_FILE, producer
 
 
 def write_run_file(
@@ -28,7 +34,7 @@ def write_run_file(
 
 def read_run_file(path: Path = TRAIN_RUN_FILE) -> dict:
     path = Path(path)
-    stage = {TRAIN_RUN_FILE: "train", PRIOR_RUN_FILE: "prior"}.get(path, "sample")  # the stage that writes it
+    stage = producer(path) or "train"  # the stage that writes it
     if not path.is_file():
         raise PipelineError(f"{path}: missing; run `dvc repro {stage}` first")
     try:

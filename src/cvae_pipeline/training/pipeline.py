@@ -103,12 +103,12 @@ def train_process(params: PipelineParams, params_file: Path, dist: distributed.D
                 mlflow.log_image(grid, artifact_file=f"samples/epoch_{trainer.epoch:04d}.png")
         save_trained_model(paths.MODEL_FILE, final_model, params.model.model_dump(), train.classes)
         metrics = write_final_metrics(history, paths.TRAIN_METRICS)
+        model_uri = None
         if run is not None:
             mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
-            model_info = log_generator(paths.MODEL_FILE, train.classes)
-            tracking.write_run_file(run.info.run_id, run.info.experiment_id, model_info.model_uri)
-        else:
-            tracking.write_run_file(None, None)
+            model_uri = log_generator(paths.MODEL_FILE, train.classes).model_uri
+    # the run file last, once the run has ended (tracking/handoff.py says why)
+    tracking.write_run_file(run.info.run_id if run else None, run.info.experiment_id if run else None, model_uri)
     where = f"MLflow run {run.info.run_id}" if run is not None else "not tracked"
     print(
         f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s; "
