@@ -115,10 +115,17 @@ def test_evaluate_without_reference_fails_before_the_inception_pass(tmp_path):
     assert "inception" not in result.stdout + result.stderr and time.monotonic() - start < 60
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbled", "empty"])
-def test_sample_with_a_damaged_model_is_one_line(tmp_path, damage):
-    ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
+@pytest.fixture(scope="module")
+def trained_workspace(tmp_path_factory) -> Path:
+    """A workspace the train stage has run in once (the damage tests copy it)."""
+    ws = train_workspace(tmp_path_factory.mktemp("trained") / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
     assert run_stage("train", ws).returncode == 0
+    return ws
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "empty"])
+def test_sample_with_a_damaged_model_is_one_line(tmp_path, trained_workspace, damage):
+    ws = Path(shutil.copytree(trained_workspace, tmp_path / "ws"))
     model = ws / "models" / "model.pt"
     data = model.read_bytes()
     model.write_bytes(
