@@ -71,17 +71,19 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10, budget_s
 
 
 # --- one trainer row, in its own process (peak memory is then that row's alone) ---------------------------
-def trainer_row(name: str, steps: int) -> dict:
+def warmed_trainer(precision: Precision, steps: int, variant: str = ""):
+    """A ``Trainer`` of the default model (seed 0) over the first ``steps`` batches of the training split,
+    at ``precision``, after a warm-up epoch of two batches on the same model (oneDNN's kernel choice; for
+    ``variant="compile"`` the compilation itself); ``variant="before"``: the per-tensor AdamW and EMA the
+    loop used before the speed work. Returns the trainer and the seconds its set-up and warm-up took."""
     from torch.optim.swa_utils import AveragedModel
 
     from cvae_pipeline.data.prepared import PreparedSplit, load_prepared
     from cvae_pipeline.models import build_model
     from cvae_pipeline.training.loop import Trainer
 
-    precision, variant = TRAINER_ROWS[name]
     cfg = PARAMS.train.model_copy(update={"epochs": 1, "warmup_epochs": 0, "kl_warmup_epochs": 0})
     train = load_prepared(REPO / "data" / "prepared", "train")
-    n = cfg.batch_size * steps
 
     def subset(k: int) -> PreparedSplit:
         return PreparedSplit(np.array(train.images[:k]), train.labels[:k].copy(), train.classes)
@@ -93,7 +95,9 @@ def trainer_row(name: str, steps: int) -> dict:
         model.forward = torch.compile(model.forward)
     warm = subset(cfg.batch_size * 2)
     fused = variant != "before"
-    trainer = Trainer(model, cfg, CPU, subset(n), warm, Path("/nonexistent"), "bench", fused_optimizer=fused)
+    trainer = Trainer(
+        model, cfg, CPU, subset(cfg.batch_size * steps), warm, Path("/nonexistent"), "bench", fused_optimizer=fused
+    )
     if variant == "before":  # the per-tensor EMA update the loop used before
         decay = cfg.ema_decay
 
@@ -103,11 +107,16 @@ def trainer_row(name: str, steps: int) -> dict:
 
         trainer.ema = AveragedModel(trainer.model, avg_fn=per_tensor, use_buffers=True)
     trainer.use_precision(precision)
-    # warm-up on the same model (oneDNN's kernel choice; for compile, the compilation itself)
     warm_up = Trainer(model, cfg, CPU, warm, warm, Path("/nonexistent"), "bench", fused_optimizer=fused)
     warm_up.use_precision(precision)
     warm_up.train_epoch()
-    compile_seconds = time.perf_counter() - started if variant == "compile" else 0.0
+    return trainer, time.perf_counter() - started
+
+
+def trainer_row(name: str, steps: int) -> dict:
+    precision, variant = TRAINER_ROWS[name]
+    trainer, setup_seconds = warmed_trainer(precision, steps, variant)
+    compile_seconds = setup_seconds if variant == "compile" else 0.0
     record = trainer.train_epoch()
     return {
         "images_per_second": record["images_per_second"],

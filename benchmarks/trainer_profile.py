@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from speed import CPU, PARAMS, warmed_trainer  # benchmarks/speed.py (puts src/ on the path): the trainer it times
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from cvae_pipeline.config import load_params  # noqa: E402
-from cvae_pipeline.precision import BF16, FP32, Precision, native_bf16  # noqa: E402
-from cvae_pipeline.runtime import cpu_description  # noqa: E402
-
-PARAMS = load_params(REPO / "params.yaml")
-CPU = torch.device("cpu")
+from cvae_pipeline.precision import BF16, FP32, Precision, native_bf16
+from cvae_pipeline.runtime import cpu_description
 
 #: operator name (aten::...) -> group; the first pattern that matches wins
 GROUPS = (
@@ -52,24 +43,7 @@ def group_of(op: str) -> str:
 
 def profile(precision: Precision, steps: int) -> tuple[float, dict[str, float], list[tuple[str, float]]]:
     """(seconds per step, {group: self seconds per step}, [(op, self seconds per step)] by time)."""
-    from cvae_pipeline.data.prepared import PreparedSplit, load_prepared
-    from cvae_pipeline.models import build_model
-    from cvae_pipeline.training.loop import Trainer
-
-    cfg = PARAMS.train.model_copy(update={"epochs": 1, "warmup_epochs": 0, "kl_warmup_epochs": 0})
-    train = load_prepared(REPO / "data" / "prepared", "train")
-
-    def subset(k: int) -> PreparedSplit:
-        return PreparedSplit(np.array(train.images[:k]), train.labels[:k].copy(), train.classes)
-
-    torch.manual_seed(0)
-    model = build_model(PARAMS.model, len(train.classes))
-    warm = subset(cfg.batch_size * 2)
-    trainer = Trainer(model, cfg, CPU, subset(cfg.batch_size * steps), warm, Path("/nonexistent"), "p")
-    trainer.use_precision(precision)
-    warm_up = Trainer(model, cfg, CPU, warm, warm, Path("/nonexistent"), "p")
-    warm_up.use_precision(precision)
-    warm_up.train_epoch()
+    trainer, _ = warmed_trainer(precision, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
         trainer.train_epoch()
@@ -78,7 +52,8 @@ def profile(precision: Precision, steps: int) -> tuple[float, dict[str, float], 
     ops.sort(key=lambda item: -item[1])
     groups: dict[str, float] = {}
     for op, seconds in ops:
-        groups[group_of(op)] = groups.get(group_of(op), 0.0) + seconds
+        group = group_of(op)
+        groups[group] = groups.get(group, 0.0) + seconds
     return wall / steps, groups, ops
 
 
