@@ -122,8 +122,7 @@ def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path
     )
 
     rows = walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
-    settings = {id(r): r["params"]["params.yaml"]["data"]["train"] for r in rows}
-    queued = {(str(settings[id(r)]["lr"]), settings[id(r)]["precision"]): r for r in rows}
+    queued = {train_settings(r): r for r in rows}
     assert set(QUEUED) <= set(queued), sorted(queued)
     queued = {key: queued[key] for key in QUEUED}
     for row in queued.values():
@@ -253,6 +252,12 @@ def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
     (resampled,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "resampled-lr002"]
     assert resampled.data.tags["mlflow.parentRunId"] == trained.info.run_id
     assert resampled.data.params["train.lr"] == "0.002" and resampled.data.params["sample.temperature"] == "0.5"
+
+
+def train_settings(row: dict) -> tuple[str, str]:
+    """``(train.lr, train.precision)`` of a row of ``dvc exp show --json``."""
+    train = row["params"]["params.yaml"]["data"]["train"]
+    return str(train["lr"]), train["precision"]
 
 
 def walk_exp_show(rows: list) -> list[dict]:
