@@ -158,7 +158,9 @@ def prior_rows(precisions: tuple[Precision, ...]) -> dict:
     rows = {}
     for batch in PRIOR_BATCHES:
         sized = cfg.model_copy(update={"batch_size": batch})
-        trainer = PriorTrainer(sized, encoded, encoded, 10, CPU, Path("/nonexistent"), "bench")
+        trainer = PriorTrainer(
+            sized, encoded, encoded, 10, CPU, Path("/nonexistent"), "bench", PARAMS.model.latent_shape
+        )
         for p in precisions if batch == cfg.batch_size else (FP32,):
             rows[f"{p.name}, batch {batch}"] = batch / trainer.seconds_per_step(p)
     return rows
@@ -167,7 +169,7 @@ def prior_rows(precisions: tuple[Precision, ...]) -> dict:
 def sample_rows(samples: int, precisions: tuple[Precision, ...]) -> dict:
     from cvae_pipeline.models import build_model
     from cvae_pipeline.prior.artifact import DiffusionPrior
-    from cvae_pipeline.prior.diffusion import Denoiser, GaussianDiffusion
+    from cvae_pipeline.prior.diffusion import GaussianDiffusion, build_denoiser
     from cvae_pipeline.sampling import generate
 
     cfg, sample = PARAMS.prior, PARAMS.sample
@@ -175,7 +177,7 @@ def sample_rows(samples: int, precisions: tuple[Precision, ...]) -> dict:
     model = build_model(PARAMS.model, 10).eval()
     dim = PARAMS.model.latent_dim  # the flat latent (latent_resolution only shapes it into a map)
     prior = DiffusionPrior(
-        Denoiser(dim, 10, cfg.width, cfg.blocks).eval(),
+        build_denoiser(cfg.denoiser, model.latent_shape, 10, cfg.width, cfg.blocks).eval(),
         GaussianDiffusion(cfg.timesteps, cfg.prediction),
         torch.zeros(dim),
         torch.ones(dim),

@@ -270,8 +270,10 @@ def prior_params(**overrides):
     return _section(PriorParams, "prior", overrides)
 
 
-#: a diffusion prior small enough to train in a second on a tiny workspace
-TINY_PRIOR = {"width": 32, "blocks": 2, "epochs": 2, "batch_size": 64, "timesteps": 100}
+#: a diffusion prior small enough to train in a second on a tiny workspace (whose flat latents need the MLP)
+TINY_PRIOR = {"denoiser": "mlp", "width": 32, "blocks": 2, "epochs": 2, "batch_size": 64, "timesteps": 100}
+#: the smallest model with a latent map (2x4x4), for the conv denoiser
+TINY_MAP_MODEL = {"backbone": "resnet", "width": 8, "blocks": 0, "latent_dim": 32, "latent_resolution": 4}
 
 
 @pytest.fixture(scope="session")

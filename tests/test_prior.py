@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_PRIOR, prior_params, run_stage, train_workspace
+from conftest import REPO, TINY_MAP_MODEL, TINY_PRIOR, model_params, prior_params, run_stage, train_workspace
 
 from cvae_pipeline.config import ConfigError, parse_params
 from cvae_pipeline.errors import PipelineError
 from cvae_pipeline.prior import load_prior, save_prior
-from cvae_pipeline.prior.diffusion import Denoiser, GaussianDiffusion, cosine_alpha_bar
+from cvae_pipeline.prior.diffusion import GaussianDiffusion, MLPDenoiser, cosine_alpha_bar
 from cvae_pipeline.prior.encoding import EncodedSet
 from cvae_pipeline.prior.training import PriorTrainer, PriorTrainingError
 
@@ -36,9 +36,16 @@ def mixture_set(per_class: int, seed: int) -> EncodedSet:
     return EncodedSet(mean, np.zeros_like(mean), np.concatenate(labels).astype(np.int64))
 
 
-def trainer_for(tmp_path, train, val, **overrides) -> PriorTrainer:
-    cfg = prior_params(**{**TINY_PRIOR, "lr": 3e-3, "ema_decay": 0.995, **overrides})
-    return PriorTrainer(cfg, train, val, len(MIXTURE), torch.device("cpu"), tmp_path / "prior_ck.pt", "test")
+#: the conv denoiser reads the 2-d points as a 1-channel 2x1 map: its 3x3 kernels tell the two positions
+#: apart only through the zero padding, as at a real map's edges
+MAP_SHAPE = (1, 2, 1)
+
+
+def trainer_for(tmp_path, train, val, latent_shape=None, **overrides) -> PriorTrainer:
+    cfg = prior_params(**{**TINY_PRIOR, "lr": 3e-3, "ema_decay": 0.995, **overrides})  # MLP unless overridden
+    return PriorTrainer(
+        cfg, train, val, len(MIXTURE), torch.device("cpu"), tmp_path / "prior_ck.pt", "test", latent_shape
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +56,22 @@ def trained_mixture_prior(tmp_path_factory):
     return trainer
 
 
-def test_the_denoiser_recovers_a_known_mixture_per_class(trained_mixture_prior):
-    sampler = trained_mixture_prior.fitted_prior().sampler(steps=50, guidance=1.0)
+@pytest.fixture(scope="module")
+def trained_conv_mixture_prior(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("conv-mixture")
+    trainer = trainer_for(
+        tmp, mixture_set(1500, 0), mixture_set(100, 1), MAP_SHAPE, denoiser="conv", width=32, epochs=40, batch_size=200
+    )
+    trainer.fit()
+    return trainer
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_the_denoiser_recovers_a_known_mixture_per_class(architecture, request):
+    fixture = "trained_mixture_prior" if architecture == "mlp" else "trained_conv_mixture_prior"
+    trained = request.getfixturevalue(fixture)
+    assert trained.denoiser.architecture == architecture
+    sampler = trained.fitted_prior().sampler(steps=50, guidance=1.0)
     for label, components in MIXTURE.items():
         z = sampler.sample(torch.full((3000,), label), 1.0, torch.Generator().manual_seed(label)).numpy()
         means = np.array([m for _, m in components])
@@ -74,10 +95,10 @@ def test_the_null_class_is_trained_only_with_label_dropout(tmp_path):
         assert changed == learns, dropout
 
 
-def untrained_denoiser() -> Denoiser:
+def untrained_denoiser() -> MLPDenoiser:
     """A small denoiser whose output depends on its class (the zero-initialised output layers randomised)."""
     torch.manual_seed(0)
-    denoiser = Denoiser(3, 4, 16, 2).eval()
+    denoiser = MLPDenoiser(3, 4, 16, 2).eval()
     for layer in (denoiser.output, denoiser.final_modulation[1]):
         torch.nn.init.normal_(layer.weight, std=0.5)
     return denoiser
@@ -197,13 +218,13 @@ def test_sampling_from_a_fitted_density_that_is_none_is_a_config_error():
 def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws_the_same(tmp_path, monkeypatch):
     """train, prior, sample as a user runs them (tracked in the workspace's SQLite store): the prior is
     a DVC-visible file with its loss curve, grid and metrics, and the generator ``sample`` logged (what
-    ``evaluate`` registers) draws, for the stage's seed, exactly the images the stage drew."""
+    ``evaluate`` registers) draws, for the stage's seed, exactly the images the stage drew. On a model
+    with a latent map and the conv denoiser, as the default (the tiny pipelines cover the MLP's)."""
     import mlflow
 
-    model = {"backbone": "mlp", "width": 16, "latent_dim": 4, "latent_resolution": 1}
-    ws = train_workspace(tmp_path / "ws", model, {"epochs": 1, "batch_size": 64})
+    ws = train_workspace(tmp_path / "ws", TINY_MAP_MODEL, {"epochs": 1, "batch_size": 64})
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["prior"].update(TINY_PRIOR)
+    params["prior"].update({**TINY_PRIOR, "denoiser": "conv", "width": 16})
     params["sample"].update(per_class=4, steps=8, guidance=2.0, temperature=0.9, seed=3)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("train", "prior", "sample"):
@@ -214,7 +235,7 @@ def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws
     history = (ws / "reports/prior/history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,val_loss") and len(history) == 3
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())
-    assert sampling["latents"] == "diffusion prior (MLP 2x32, v-prediction; 8 DDIM steps, guidance 2)"
+    assert sampling["latents"] == "diffusion prior (conv 2x16 on 2x4x4, v-prediction; 8 DDIM steps, guidance 2)"
 
     train_run = json.loads((ws / "models/mlflow_run.json").read_text())["run_id"]
     assert json.loads((ws / "models/prior_run.json").read_text())["run_id"] == train_run  # logged into it
@@ -269,3 +290,39 @@ def test_a_damaged_gmm_prior_file_names_itself_and_the_prior_stage(tmp_path, dam
     path.write_bytes(damaged)
     with pytest.raises(PipelineError, match=r"prior.pt: damaged or not the file expected here .*`dvc repro -f prior`"):
         load_prior(path, "abc")
+
+
+def test_a_conv_denoiser_on_a_flat_latent_is_a_config_error_naming_both_fixes():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"].update(latent_resolution=1)
+    raw["prior"].update(kind="diffusion", denoiser="conv")
+    with pytest.raises(ConfigError, match=r"prior.denoiser 'conv' needs a latent map.*prior.denoiser: mlp"):
+        parse_params(raw)
+    raw["prior"]["denoiser"] = "mlp"
+    assert parse_params(raw).prior.denoiser == "mlp"
+
+
+@pytest.mark.parametrize("resolution", [1, 4, 8])
+def test_the_configured_latent_shape_is_the_models(resolution):
+    """The conv denoiser is built for ``model.latent_shape`` from the config and fed the trained model's
+    flat z: the two must agree, and a flat z round-trips through the denoiser's map view."""
+    from cvae_pipeline.models import build_model
+    from cvae_pipeline.prior.diffusion import build_denoiser
+
+    cfg = model_params(latent_dim=64, latent_resolution=resolution, width=8, blocks=0)
+    assert build_model(cfg, 3).latent_shape == cfg.latent_shape
+    architecture = "mlp" if resolution == 1 else "conv"
+    denoiser = build_denoiser(architecture, cfg.latent_shape, 3, 8, 1)
+    out = denoiser(torch.randn(2, 64), torch.tensor([3, 7]), torch.tensor([0, 2]))
+    assert out.shape == (2, 64) and out.dtype == torch.float32 and denoiser.dim == 64
+
+
+def test_a_conv_prior_file_round_trips_and_draws_the_same(trained_conv_mixture_prior, tmp_path):
+    prior = trained_conv_mixture_prior.fitted_prior()
+    save_prior(tmp_path / "prior.pt", "diffusion", "abc", ["a", "b"], prior)
+    kind, loaded = load_prior(tmp_path / "prior.pt", "abc")
+    assert kind == "diffusion" and loaded.denoiser.architecture == "conv" and loaded.denoiser.shape == MAP_SHAPE
+    y = torch.tensor([0, 1, 1, 0])
+    draw = [p.sampler(10, 2.0).sample(y, 1.0, torch.Generator().manual_seed(5)) for p in (prior, loaded)]
+    assert torch.equal(draw[0], draw[1])
+    assert loaded.describe(10, 2.0) == "diffusion prior (conv 2x32 on 1x2x1, v-prediction; 10 DDIM steps, guidance 2)"

@@ -22,7 +22,7 @@ from cvae_pipeline.models import build_model
 from cvae_pipeline.models.artifact import load_trained_model, save_trained_model
 from cvae_pipeline.precision import Precision
 from cvae_pipeline.prior import DiffusionPrior, load_prior, save_prior
-from cvae_pipeline.prior.diffusion import Denoiser, GaussianDiffusion
+from cvae_pipeline.prior.diffusion import GaussianDiffusion, MLPDenoiser
 from cvae_pipeline.serving import log_generator, parse_labels
 
 
@@ -105,7 +105,7 @@ def toy_prior(store, path: Path) -> DiffusionPrior:
     """A diffusion prior over the toy model's 4-d latents (random weights: what matters here is that
     the served model draws from it exactly as sampling does), saved the way the prior stage saves it."""
     torch.manual_seed(0)
-    denoiser = Denoiser(4, len(CLASSES), 16, 2)
+    denoiser = MLPDenoiser(4, len(CLASSES), 16, 2)
     for layer in (denoiser.output, denoiser.final_modulation[1]):
         torch.nn.init.normal_(layer.weight, std=0.3)
     prior = DiffusionPrior(denoiser.eval(), GaussianDiffusion(100, "v"), torch.full((4,), 0.5), torch.full((4,), 2.0))

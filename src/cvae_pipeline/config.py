@@ -142,6 +142,12 @@ class ModelParams(_Section):
     gaussian_std: float = knob("the fixed std, or the learned std's starting value", gt=0, le=1)
     mixtures: StrictInt = knob("components of likelihood: logistic_mixture", ge=1, le=64)
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """z's layout: (latent_dim,), or (C, r, r) for a latent map (as ``BaseCVAE.latent_shape``)."""
+        r = self.latent_resolution
+        return (self.latent_dim // (r * r), r, r) if r > 1 else (self.latent_dim,)
+
     @model_validator(mode="after")
     def _latent_map_fits(self) -> ModelParams:
         r = self.latent_resolution
@@ -191,8 +197,12 @@ class PriorParams(_Section):
         "density: sample.latents must be model)"
     )
     gmm_components: StrictInt = knob("mixture components per class of kind: gmm", ge=1, le=256)
-    width: StrictInt = knob("hidden units of the denoiser MLP (kind: diffusion)", ge=8, le=8192)
-    blocks: StrictInt = knob("adaptive-LayerNorm residual blocks of the denoiser", ge=1, le=64)
+    denoiser: Literal["mlp", "conv"] = knob(
+        "the denoiser of kind: diffusion: conv (3x3 residual blocks over the latent map; needs "
+        "model.latent_resolution 4 or 8) | mlp (over the flat latent, any model)"
+    )
+    width: StrictInt = knob("the denoiser's hidden units (mlp) or channels (conv)", ge=8, le=8192)
+    blocks: StrictInt = knob("the denoiser's residual blocks, conditioned on time and class", ge=1, le=64)
     epochs: StrictInt = knob("passes over the encoded training set", ge=1)
     batch_size: StrictInt = knob("latents per optimiser step", ge=1)
     lr: float = knob("peak learning rate of AdamW (5 % linear warm-up, then cosine decay to 0)", gt=0, le=1)
@@ -282,6 +292,11 @@ class PipelineParams(_Section):
             raise ValueError(
                 "sample.latents 'fitted' needs a fitted density but prior.kind is 'none'; "
                 "set sample.latents: model or prior.kind: diffusion"
+            )
+        if self.prior.kind == "diffusion" and self.prior.denoiser == "conv" and self.model.latent_resolution == 1:
+            raise ValueError(
+                "prior.denoiser 'conv' needs a latent map but model.latent_resolution is 1 (a flat z); "
+                "set prior.denoiser: mlp or model.latent_resolution: 8"
             )
         return self
 

@@ -76,6 +76,8 @@ class BaseCVAE(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.latent_dim = latent_dim
+        #: z's layout: (latent_dim,) flat, or (C, H, W) for a latent map (the flat z is its channel-major view)
+        self.latent_shape: tuple[int, ...] = (latent_dim,)
         self.likelihood = likelihood
         self.posterior_flow = posterior_flow
         self.prior = prior if prior is not None else StandardNormalPrior(latent_dim)

@@ -51,6 +51,8 @@ class ResNetCVAE(BaseCVAE):
         if latent_dim % (r * r) or self.encoder_outputs % (r * r):
             raise ValueError(f"latent_dim {latent_dim} is not a whole number of {r}x{r} channels")
         self.latent_channels = latent_dim // (r * r)
+        if r > 1:
+            self.latent_shape = (self.latent_channels, r, r)
         if film:
             self.embed = nn.Embedding(num_classes, embed_dim)
         # encoder: 32 (stem) -> 16 -> 8 -> 4

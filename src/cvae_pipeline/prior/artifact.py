@@ -16,7 +16,7 @@ import torch
 
 from ..errors import PipelineError, reading
 from ..io import atomic_file
-from .diffusion import Denoiser, GaussianDiffusion
+from .diffusion import Denoiser, GaussianDiffusion, build_denoiser, describe_denoiser
 from .gmm import ClassGMM
 
 FORMAT_VERSION = 1
@@ -35,9 +35,8 @@ class DiffusionPrior:
         return DiffusionSampler(self, steps, guidance, interval)
 
     def describe(self, steps: int, guidance: float) -> str:
-        d = self.denoiser
         return (
-            f"diffusion prior (MLP {len(d.blocks)}x{d.width}, {self.diffusion.prediction}-prediction; "
+            f"diffusion prior ({describe_denoiser(self.denoiser)}, {self.diffusion.prediction}-prediction; "
             f"{steps} DDIM steps, guidance {guidance:g})"
         )
 
@@ -87,6 +86,8 @@ def save_prior(path: Path, kind: str, model_sha256: str, classes: list[str], pri
     elif isinstance(prior, DiffusionPrior):
         d = prior.denoiser
         state["diffusion"] = {
+            "architecture": d.architecture,
+            "shape": list(getattr(d, "shape", (d.dim,))),
             "dim": d.dim,
             "num_classes": d.num_classes,
             "width": d.width,
@@ -117,7 +118,9 @@ def load_prior(path: Path, model_sha256: str | None = None) -> tuple[str, Fitted
             prior: FittedPrior | None = GMMPrior(ClassGMM(g["weights"], g["means"], g["covariances"]))
         elif kind == "diffusion":
             d = state["diffusion"]
-            denoiser = Denoiser(d["dim"], d["num_classes"], d["width"], d["blocks"])
+            # files written before the conv denoiser have neither key: they hold an MLP over flat latents
+            architecture, shape = d.get("architecture", "mlp"), tuple(d.get("shape", [d["dim"]]))
+            denoiser = build_denoiser(architecture, shape, d["num_classes"], d["width"], d["blocks"])
             denoiser.load_state_dict(d["state_dict"])
             prior = DiffusionPrior(
                 denoiser.eval(), GaussianDiffusion(d["timesteps"], d["prediction"]), d["mean"], d["scale"]

@@ -18,6 +18,7 @@ from ..sampling import generate, grid_of
 from ..training.checkpoint import code_fingerprint, fingerprint
 from ..training.reporting import write_history
 from .artifact import GMMPrior, save_prior
+from .diffusion import describe_denoiser
 from .encoding import encode_posteriors
 from .gmm import ClassGMM
 from .training import PriorTrainer
@@ -101,13 +102,16 @@ def _train_diffusion(params, model, classes, encoded, model_sha, device, track: 
         file_checksum(paths.PREPARED_DIR / "manifest.json", "sha256"),
         code_fingerprint("prior"),
     )
-    trainer = PriorTrainer(cfg, encoded, val_encoded, len(classes), device, paths.PRIOR_CHECKPOINT, run_fingerprint)
+    trainer = PriorTrainer(
+        cfg, encoded, val_encoded, len(classes), device, paths.PRIOR_CHECKPOINT, run_fingerprint, model.latent_shape
+    )
     if trainer.try_resume():
         print(f"resuming the prior from {paths.PRIOR_CHECKPOINT} after epoch {trainer.epoch}/{cfg.epochs}")
     choice = trainer.choose_precision()
     params_count = sum(p.numel() for p in trainer.denoiser.parameters())
     print(
-        f"diffusion prior: MLP {cfg.blocks}x{cfg.width} ({params_count:,} parameters), {cfg.prediction}-prediction, "
+        f"diffusion prior: {describe_denoiser(trainer.denoiser)} ({params_count:,} parameters), "
+        f"{cfg.prediction}-prediction, "
         f"{cfg.timesteps} steps, {len(encoded)} latents/epoch, device {device}, "
         f"precision {choice.precision.name} ({choice.why})",
         flush=True,

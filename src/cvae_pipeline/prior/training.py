@@ -25,7 +25,7 @@ from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.loop import ema_with_warmup, optimizer_implementation
 from ..training.schedules import lr_factor
 from .artifact import DiffusionPrior
-from .diffusion import Denoiser, GaussianDiffusion
+from .diffusion import Denoiser, GaussianDiffusion, build_denoiser
 from .encoding import EncodedSet
 
 #: share of the optimiser steps the learning rate warms up over, before its cosine decay
@@ -35,8 +35,9 @@ VALIDATION_SEED = 1234  # the same noise and timesteps every epoch, so validatio
 DIVERGED_LOSS = 1e6
 
 
-#: an MLP has no image layout: its candidates differ only in the dtype
-_MLP_CANDIDATES = (FP32, Precision("bf16"))
+#: the candidates differ only in the dtype: the MLP has no image layout (a memory format for the conv
+#: denoiser's small maps is not among them)
+_CANDIDATES = (FP32, Precision("bf16"))
 
 
 class PriorTrainingError(PipelineError):
@@ -61,15 +62,18 @@ class PriorTrainer:
         device: torch.device,
         checkpoint_path: Path,
         fingerprint: str,
+        latent_shape: tuple[int, ...] | None = None,
     ):
+        """``latent_shape``: the model's z layout (``BaseCVAE.latent_shape``); None = flat. A conv denoiser
+        needs the map's (C, H, W)."""
         self.cfg, self.device = cfg, device
         self.checkpoint_path, self.fingerprint = Path(checkpoint_path), fingerprint
         self.mean, self.scale = standardisation(train)
         self.train = self._tensors(train)
         self.val = self._tensors(val)
         torch.manual_seed(cfg.seed)
-        dim = train.mean.shape[1]
-        self.denoiser = Denoiser(dim, num_classes, cfg.width, cfg.blocks).to(device)
+        shape = tuple(latent_shape) if latent_shape is not None else (train.mean.shape[1],)
+        self.denoiser = build_denoiser(cfg.denoiser, shape, num_classes, cfg.width, cfg.blocks).to(device)
         self.diffusion = GaussianDiffusion(cfg.timesteps, cfg.prediction)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -138,7 +142,7 @@ class PriorTrainer:
     def choose_precision(self) -> Choice:
         """``prior.precision`` resolved on this machine (a resumed run keeps its checkpoint's choice)."""
         choice = resume_or_resolve(
-            self.resumed_precision, self.cfg.precision, self.device, self.seconds_per_step, _MLP_CANDIDATES
+            self.resumed_precision, self.cfg.precision, self.device, self.seconds_per_step, _CANDIDATES
         )
         self.precision = choice.precision
         return choice
