@@ -296,8 +296,10 @@ def test_a_conv_denoiser_on_a_flat_latent_is_a_config_error_naming_both_fixes():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["model"].update(latent_resolution=1)
     raw["prior"].update(kind="diffusion", denoiser="conv")
-    with pytest.raises(ConfigError, match=r"prior.denoiser 'conv' needs a latent map.*prior.denoiser: mlp"):
+    with pytest.raises(ConfigError, match=r"prior.denoiser 'conv' needs a latent map.*prior.denoiser: mlp") as error:
         parse_params(raw)
+    assert str(error.value).startswith("params.yaml: prior.denoiser") and "\n" not in str(error.value)
+    assert "{" not in str(error.value)  # the check across sections names the keys, not the whole params dump
     raw["prior"]["denoiser"] = "mlp"
     assert parse_params(raw).prior.denoiser == "mlp"
 
