@@ -56,6 +56,31 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def _zero(*layers: nn.Module) -> None:
+    """Zero a layer's weights and bias: a modulation or output that starts at zero (adaLN-Zero)."""
+    for layer in layers:
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+class ConditionedDenoiser(nn.Module):
+    """What both denoisers share: the time and class embedding ``condition`` wide, with a learned null class
+    (index ``num_classes``) for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, condition: int):
+        super().__init__()
+        self.num_classes, self.condition = num_classes, condition
+        self.time = nn.Sequential(nn.Linear(condition, condition), nn.SiLU(), nn.Linear(condition, condition))
+        self.label = nn.Embedding(num_classes + 1, condition)  # the last row is the null class
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.time(timestep_embedding(t, self.condition)) + self.label(y)
+
+
 class AdaLNBlock(nn.Module):
     """Residual MLP block whose LayerNorm shift, scale and output gate come from the condition.
 
@@ -66,39 +91,30 @@ class AdaLNBlock(nn.Module):
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        _zero(self.modulation[1])
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.modulation(c).chunk(3, dim=1)
         return h + gate * self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
-class MLPDenoiser(nn.Module):
+class MLPDenoiser(ConditionedDenoiser):
     """MLP over the flat latent, conditioned on time and class through adaptive LayerNorm."""
 
     architecture = "mlp"
 
     def __init__(self, dim: int, num_classes: int, width: int, blocks: int):
-        super().__init__()
-        self.dim, self.num_classes, self.width = dim, num_classes, width
+        super().__init__(num_classes, width)
+        self.dim, self.width = dim, width
         self.input = nn.Linear(dim, width)
-        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.label = nn.Embedding(num_classes + 1, width)  # the last row is the null class
         self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(blocks))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.output = nn.Linear(width, dim)
-        for layer in (self.final_modulation[1], self.output):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
+        _zero(self.final_modulation[1], self.output)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        c = self.time(timestep_embedding(t, self.width)) + self.label(y)
+        c = self.embed(t, y)
         h = self.input(x)
         for block in self.blocks:
             h = block(h, c)
@@ -119,8 +135,7 @@ class AdaGNBlock(nn.Module):
         self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(condition, 3 * channels))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        _zero(self.modulation[1])
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.modulation(c)[:, :, None, None].chunk(3, dim=1)
@@ -129,37 +144,26 @@ class AdaGNBlock(nn.Module):
         return h + gate * x
 
 
-class ConvDenoiser(nn.Module):
+class ConvDenoiser(ConditionedDenoiser):
     """3x3 residual conv net at the latent map's resolution, conditioned on time and class through adaptive
     GroupNorm. Takes and returns the flat latent (channel-major, as the VAE's decoder reads it)."""
 
     architecture = "conv"
 
     def __init__(self, shape: tuple[int, int, int], num_classes: int, width: int, blocks: int):
-        super().__init__()
-        self.shape = tuple(shape)
-        self.dim, self.num_classes, self.width = math.prod(shape), num_classes, width
         # the time/class embedding is 4x the channels wide, as in ADM (Dhariwal & Nichol 2021)
-        self.condition = CONDITION_PER_CHANNEL * width
-        self.time = nn.Sequential(
-            nn.Linear(self.condition, self.condition), nn.SiLU(), nn.Linear(self.condition, self.condition)
-        )
-        self.label = nn.Embedding(num_classes + 1, self.condition)  # the last row is the null class
+        super().__init__(num_classes, CONDITION_PER_CHANNEL * width)
+        self.shape = tuple(shape)
+        self.dim, self.width = math.prod(shape), width
         self.input = nn.Conv2d(shape[0], width, 3, padding=1)
         self.blocks = nn.ModuleList(AdaGNBlock(width, self.condition) for _ in range(blocks))
         self.final_norm = nn.GroupNorm(math.gcd(GROUPS, width), width, affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(self.condition, 2 * width))
         self.output = nn.Conv2d(width, shape[0], 3, padding=1)
-        for layer in (self.final_modulation[1], self.output):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
+        _zero(self.final_modulation[1], self.output)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        c = self.time(timestep_embedding(t, self.condition)) + self.label(y)
+        c = self.embed(t, y)
         h = self.input(x.reshape(-1, *self.shape))
         for block in self.blocks:
             h = block(h, c)
