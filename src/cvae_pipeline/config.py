@@ -349,12 +349,12 @@ def format_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{key}' (allowed here: {allowed})")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'")
-        elif isinstance(err["input"], dict):  # a check across the keys of a section (or of sections)
-            msg = _one_line(err["msg"].removeprefix("Value error, "), 300)
-            lines.append(f"{source}: {msg}" if not loc else f"{source}: {key}: {msg}")
         else:
             msg = _one_line(err["msg"].removeprefix("Value error, "), 300)
-            lines.append(f"{source}: {key} = {_one_line(repr(err['input']))} is invalid: {msg}")
+            if isinstance(err["input"], dict):  # a check across the keys of a section (or of sections)
+                lines.append(f"{source}: {key}: {msg}" if loc else f"{source}: {msg}")
+            else:
+                lines.append(f"{source}: {key} = {_one_line(repr(err['input']))} is invalid: {msg}")
     return "\n".join(lines)
 
 

@@ -87,7 +87,7 @@ def save_prior(path: Path, kind: str, model_sha256: str, classes: list[str], pri
         d = prior.denoiser
         state["diffusion"] = {
             "architecture": d.architecture,
-            "shape": list(getattr(d, "shape", (d.dim,))),
+            "shape": list(d.shape),
             "dim": d.dim,
             "num_classes": d.num_classes,
             "width": d.width,

@@ -105,6 +105,7 @@ class MLPDenoiser(ConditionedDenoiser):
 
     def __init__(self, dim: int, num_classes: int, width: int, blocks: int):
         super().__init__(num_classes, width)
+        self.shape = (dim,)
         self.dim, self.width = dim, width
         self.input = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(blocks))
