@@ -229,7 +229,7 @@ def fid_rows(count: int) -> dict:
         (reference,), seconds = pytorch_fid_features([folder], CPU)
         rows["pytorch-fid 0.3.0"] = {"images_per_second": count / seconds, "features": reference}
 
-        extractor = InceptionFeatures(CPU, batch_size=50)
+        extractor = InceptionFeatures(CPU, batch_size=50, engine="torch")
         extractor(images[:2], progress=False)
         start = time.perf_counter()
         features = extractor(read_folder(folder), progress=False)

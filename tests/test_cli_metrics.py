@@ -57,12 +57,17 @@ def test_cli_fid_equals_pytorch_fid_on_two_folders(folders, tmp_path):
         timeout=900,
     )
     assert theirs.returncode == 0, theirs.stderr
-    ours = subprocess.run(
-        [str(CVAE), "fid", str(a), str(b), "--device", "cpu"], capture_output=True, text=True, env=env, timeout=900
-    )
-    assert ours.returncode == 0, ours.stderr
     expected = last_value(theirs.stdout, "FID:")
-    assert last_value(ours.stdout, "FID:") == pytest.approx(expected, rel=1e-3)
+    for engine in ("torch", "openvino"):
+        ours = subprocess.run(
+            [str(CVAE), "fid", str(a), str(b), "--device", "cpu", "--engine", engine],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert ours.returncode == 0, ours.stderr
+        assert last_value(ours.stdout, "FID:") == pytest.approx(expected, rel=1e-3), engine
 
 
 def test_fid_against_itself_is_zero_and_saved_stats_are_reused(folders, tmp_path, capsys):

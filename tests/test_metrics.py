@@ -185,8 +185,9 @@ def test_preprocessing_is_pytorch_fid_s():
     assert torch.equal(inception.preprocess(x), expected)
 
 
-def test_optimized_network_gives_the_shipped_torchscript_networks_features():
-    """The fused pytorch-fid-architecture network we run is the shipped file's network."""
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_each_engine_gives_the_shipped_torchscript_networks_features(engine):
+    """The fused pytorch-fid-architecture network we run, in torch or in OpenVINO, is the shipped file's network."""
     from cvae_pipeline.metrics.inception_network import load_torchscript
 
     path = inception.locate_weights()
@@ -194,9 +195,64 @@ def test_optimized_network_gives_the_shipped_torchscript_networks_features():
     x = inception.preprocess(images)
     with torch.inference_mode():
         shipped = load_torchscript(path)(x)
-        ours = inception.InceptionFeatures("cpu", batch_size=2)(images, progress=False)
+        extractor = inception.InceptionFeatures("cpu", batch_size=2, engine=engine)
+        ours = extractor(images, progress=False)
+    assert extractor.engine == engine
     assert ours.shape == (3, inception.FEATURE_DIM)
     np.testing.assert_allclose(ours, shipped.double().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_openvino_features_equal_torchs_repeat_exactly_and_ignore_the_batch_they_are_in():
+    """Bit-exact repeats are what lets a killed ``evaluate`` re-run to the same metrics file."""
+    images = np.random.default_rng(1).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
+    with torch.inference_mode():
+        torch_features = inception.InceptionFeatures("cpu", batch_size=4, engine="torch")(images, progress=False)
+    openvino = inception.InceptionFeatures("cpu", batch_size=4, engine="openvino")
+    first = openvino(images, progress=False)
+    np.testing.assert_allclose(first, torch_features, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(openvino(images, progress=False), first)
+    openvino.batch_size = 3
+    np.testing.assert_array_equal(openvino(images, progress=False), first)
+
+
+def test_engine_auto_takes_openvino_on_the_cpu_only_and_an_impossible_choice_is_one_line(monkeypatch):
+    from cvae_pipeline.errors import ConfigError
+    from cvae_pipeline.metrics import inception_openvino as ov
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ov.resolve_engine("auto", cpu) == "openvino"
+    assert ov.resolve_engine("auto", cuda) == "torch"
+    assert ov.resolve_engine("torch", cpu) == "torch"
+    with pytest.raises(ConfigError, match=r"^evaluate.engine = 'openvino' runs on the CPU.*use 'auto' or 'torch'$"):
+        ov.resolve_engine("openvino", cuda)
+    with pytest.raises(ConfigError, match=r"^--engine = 'tpu': expected one of auto, torch, openvino$"):
+        ov.resolve_engine("tpu", cpu, "--engine")
+    monkeypatch.setattr(ov, "available", lambda: False)  # a machine without the package
+    assert ov.resolve_engine("auto", cpu) == "torch"
+    with pytest.raises(ConfigError, match="not installed: pip install openvino"):
+        ov.resolve_engine("openvino", cpu)
+
+
+def test_the_openvino_network_is_converted_once_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    from cvae_pipeline.metrics import inception_cache, inception_openvino
+
+    monkeypatch.setenv(inception_cache.CACHE_ENV, str(tmp_path))
+    images = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    built = inception.InceptionFeatures("cpu", engine="openvino")(images, progress=False)
+    files = sorted(tmp_path.glob("*-openvino*"))
+    assert [f.suffix for f in files] == [".bin", ".sha256", ".xml", ".sha256"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    calls = []
+    monkeypatch.setattr(inception_openvino.OpenVINOInception, "_store", lambda *a: calls.append(a))
+    np.testing.assert_array_equal(inception.InceptionFeatures("cpu", engine="openvino")(images, progress=False), built)
+    assert calls == [] and [f.stat().st_mtime_ns for f in files] == stamps  # read, not converted again
+
+    weights = files[0]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    np.testing.assert_array_equal(inception.InceptionFeatures("cpu", engine="openvino")(images, progress=False), built)
+    assert len(calls) == 1  # converted again (and stored, here intercepted)
 
 
 def test_the_cached_network_gives_the_built_networks_features_and_damage_means_a_rebuild(tmp_path, monkeypatch, capsys):

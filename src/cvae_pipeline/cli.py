@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .config import DEFAULT_PARAMS_FILE, load_params
+from .config import DEFAULT_PARAMS_FILE, INCEPTION_ENGINES, load_params
 from .errors import PipelineError
 from .paths import COMPARE_DIR, PREPARED_DIR
 from .stage import check_python
@@ -63,7 +63,8 @@ def _features_of(image_set, args: argparse.Namespace, extractor_box: list):
     if image_set.features is not None:
         return image_set.features
     if not extractor_box:
-        extractor_box.append(InceptionFeatures(resolve_device(args.device, "--device"), args.batch_size))
+        device = resolve_device(args.device, "--device")
+        extractor_box.append(InceptionFeatures(device, args.batch_size, engine=args.engine, engine_key="--engine"))
     return extractor_box[0](image_set.images, desc=f"inception {image_set.source.name}")
 
 
@@ -183,6 +184,12 @@ def _add_experiment_options(p: argparse.ArgumentParser) -> None:
 def _add_image_set_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=50, help="Inception batch size (default: %(default)s)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=INCEPTION_ENGINES,
+        help="what runs the Inception network, in fp32 (default: %(default)s = OpenVINO on the CPU)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

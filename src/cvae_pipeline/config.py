@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -245,6 +245,11 @@ class SampleParams(_Section):
     precision: PrecisionSetting = knob(PRECISION_HELP + "; for the prior's steps and the decoding")
 
 
+#: what may run the FID network (``metrics/inception_openvino.resolve_engine``)
+InceptionEngine = Literal["auto", "torch", "openvino"]
+INCEPTION_ENGINES: tuple[str, ...] = get_args(InceptionEngine)
+
+
 class EvaluateParams(_Section):
     """``evaluate``: FID/KID reference, metric settings, likelihood bounds."""
 
@@ -252,6 +257,10 @@ class EvaluateParams(_Section):
     reference_size: StrictInt | None = knob("a stratified subset of the reference; null = all of it", ge=20)
     batch_size: StrictInt = knob("Inception batch size", ge=1)
     device: Literal["auto", "cpu", "cuda"] = knob("auto | cpu | cuda, for Inception and the likelihood bounds")
+    engine: InceptionEngine = knob(
+        "what runs the Inception network, always in fp32: auto = OpenVINO on the CPU (faster, same features "
+        "to ~1e-6), torch on a GPU"
+    )
     kid_subsets: StrictInt = knob("subsets KID is averaged over", ge=1)
     kid_subset_size: StrictInt = knob("images per KID subset", ge=2)
     pr_neighbours: StrictInt = knob("k of the k-NN manifolds of precision and recall", ge=1)

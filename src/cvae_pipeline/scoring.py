@@ -33,7 +33,8 @@ def score(cfg: EvaluateParams, device) -> dict:
     model, _ = load_trained_model(MODEL_FILE, device)
     test = load_prepared(PREPARED_DIR, "test")
 
-    inception = InceptionFeatures(device, cfg.batch_size)
+    inception = InceptionFeatures(device, cfg.batch_size, engine=cfg.engine)
+    print(f"Inception features: {inception.engine}, fp32")
     fake = FeatureSet(inception(samples.images, desc="inception samples"), samples.labels, samples.classes)
     fake.save(SAMPLE_FEATURES)
     metrics = sample_quality(reference, reference_stats, probe, fake, cfg)
@@ -47,6 +48,7 @@ def score(cfg: EvaluateParams, device) -> dict:
         metrics.update(floor(model, test.images, test.labels, len(samples.labels), reference_stats, inception))
     if samples.sampling:
         metrics["samples"] = samples.sampling
+    metrics["features"] = {"engine": inception.engine, "precision": "fp32"}
     return metrics
 
 

@@ -43,14 +43,35 @@ def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def load(path: Path, device: torch.device) -> torch.jit.ScriptModule | None:
-    """The cached network, or None when the file is missing or does not match its checksum."""
+def read_verified(path: Path) -> bytes | None:
+    """The file's bytes when its sha256 beside it matches, else None (missing, stale or damaged)."""
     try:
         data = path.read_bytes()
         expected = _digest_path(path).read_text().strip()
     except OSError:
         return None
-    if hashlib.sha256(data).hexdigest() != expected:
+    return data if hashlib.sha256(data).hexdigest() == expected else None
+
+
+def write_verified(files: dict[Path, bytes]) -> None:
+    """Write each file and its checksum by atomic renames; a failure is one printed note (the cache is
+    derived data: without it the network is only rebuilt on each run)."""
+    try:
+        for path, data in files.items():
+            for target, content in ((path, data), (_digest_path(path), hashlib.sha256(data).hexdigest().encode())):
+                with atomic_file(target) as tmp:
+                    tmp.write_bytes(content)
+    except (OSError, WriteError) as err:
+        folder = next(iter(files)).parent
+        print(
+            f"note: could not cache the FID network in {folder} ({getattr(err, 'strerror', None) or err}); "
+            f"it is rebuilt on each run (set {CACHE_ENV} to a writable folder)"
+        )
+
+
+def load(path: Path, device: torch.device) -> torch.jit.ScriptModule | None:
+    """The cached network, or None when the file is missing or does not match its checksum."""
+    if (data := read_verified(path)) is None:
         return None
     try:
         with warnings.catch_warnings():
@@ -61,18 +82,9 @@ def load(path: Path, device: torch.device) -> torch.jit.ScriptModule | None:
 
 
 def store(network: torch.jit.ScriptModule, path: Path) -> None:
-    """Write ``network`` and its checksum, each by an atomic rename; a failure is one printed note."""
+    """Write ``network`` and its checksum (``write_verified``)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(network, buffer)
-    data = buffer.getvalue()
-    try:
-        for target, content in ((path, data), (_digest_path(path), hashlib.sha256(data).hexdigest().encode())):
-            with atomic_file(target) as tmp:
-                tmp.write_bytes(content)
-    except (OSError, WriteError) as err:
-        print(
-            f"note: could not cache the FID network in {path.parent} ({getattr(err, 'strerror', None) or err}); "
-            f"it is rebuilt on each run (set {CACHE_ENV} to a writable folder)"
-        )
+    write_verified({path: buffer.getvalue()})

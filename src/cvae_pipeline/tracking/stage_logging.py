@@ -50,8 +50,9 @@ def log_evaluation(
         if Path(pipeline_file).is_file():
             mlflow.log_artifact(pipeline_file, artifact_path="pipeline")
     mlflow.set_tags({"fid_protocol": protocol, **settings})
-    if "samples" in metrics:
-        mlflow.set_tags({f"samples.{k}": str(v) for k, v in metrics["samples"].items()})
+    for group in ("samples", "features"):  # how the samples were drawn and their features computed
+        if group in metrics:
+            mlflow.set_tags({f"{group}.{k}": str(v) for k, v in metrics[group].items()})
     if registered_model and generator_uri:
         return register_evaluated_model(registered_model, generator_uri, run.info.run_id, metrics, protocol)
     return None
