@@ -13,9 +13,14 @@ then, every row measured in this one run (compare ratios, not figures from diffe
 * ``prior``: the diffusion prior's training step at its default size, latents/s, fp32 and bf16;
 * ``sample``: drawing and decoding ``--samples`` images with the diffusion prior at the default
   steps and guidance, fp32 and bf16, images/s (an untrained prior: the cost does not depend on the weights);
-* ``fid``: Inception features of ``--fid-images`` CIFAR-10 test images, the project's extractor vs
-  pytorch-fid, vs the extractor ``torch.compile``d and vs OpenVINO (when installed), each with its
-  attained GFLOP/s as a share of the fp32 matmul rate and its largest feature difference from pytorch-fid.
+* ``fid``: Inception features of ``--fid-images`` CIFAR-10 test images, the project's torch extractor vs
+  pytorch-fid, vs the extractor ``torch.compile``d and vs OpenVINO (``evaluate.engine: auto``'s choice on
+  the CPU), each with its attained GFLOP/s as a share of the fp32 matmul rate and its largest feature
+  difference from pytorch-fid.
+
+A whole training experiment before and after (``dvc exp run -S train.seed=1``, with and without
+``-S train.precision=fp32 -S prior.precision=fp32 -S sample.precision=fp32``) is tens of minutes each
+and is not run here; docs/benchmarks.md reports the two runs.
 
 Run it alone: a concurrent heavy process slows every row several-fold. bf16 rows on a CPU without
 native bf16 (no AVX512-BF16/AMX) measure torch's emulation, which is what ``precision: auto`` avoids there.
