@@ -14,6 +14,7 @@ like the torch network's; a process reads and compiles it in ~0.1 s.
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -59,18 +60,18 @@ def _cache_files(weights_sha1: str, version: str) -> tuple[Path, Path]:
 class OpenVINOInception:
     """Callable like the torch network: a preprocessed float batch ``[N,3,299,299]`` -> ``[N,2048]``."""
 
-    def __init__(self, build_torch_network: Callable[[], torch.nn.Module], weights_sha1: str | None):
+    def __init__(self, build_torch_network: Callable[[], torch.nn.Module], weights_sha1: str):
+        """``build_torch_network`` is called only when the cache holds no valid IR of ``weights_sha1``."""
         import openvino as ov
 
         core = ov.Core()
-        files = _cache_files(weights_sha1, ov.__version__.split("-")[0]) if weights_sha1 else None
-        model = self._cached(core, files) if files else None
+        files = _cache_files(weights_sha1, ov.__version__.split("-")[0])
+        model = self._cached(core, files)
         if model is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, from the converter
                 model = ov.convert_model(build_torch_network().eval(), example_input=torch.zeros(1, 3, 299, 299))
-            if files:
-                self._store(ov, model, files)
+            self._store(ov, model, files)
         config = {
             "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY",  # one stream on all the threads: batches come one at a time
@@ -92,8 +93,6 @@ class OpenVINOInception:
 
     @staticmethod
     def _store(ov, model, files: tuple[Path, Path]) -> None:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             xml = Path(tmp) / "model.xml"
             ov.save_model(model, xml, compress_to_fp16=False)  # fp16 weights would change the features
