@@ -26,7 +26,9 @@ def main() -> None:
         idx = stratified_subset(labels, cfg.reference_size, seed=0, what="evaluate.reference_size")
         images, labels = images[idx], labels[idx]
     extractor = InceptionFeatures(resolve_device(cfg.device, "evaluate.device"), cfg.batch_size, engine=cfg.engine)
-    print(f"reference: {len(labels)} {cfg.reference} images; Inception features: {extractor.engine}, fp32")
+    print(
+        f"reference: {len(labels)} {cfg.reference} images; Inception features: {', '.join(extractor.settings.values())}"
+    )
     features = extractor(images, desc=f"inception {cfg.reference}")
     probe = LinearProbe.fit(features, labels, cfg.probe_folds)
     print(f"class-consistency probe: {probe.real_cv_accuracy:.3f} cross-validated accuracy on real images")

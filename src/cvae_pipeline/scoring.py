@@ -34,7 +34,7 @@ def score(cfg: EvaluateParams, device) -> dict:
     test = load_prepared(PREPARED_DIR, "test")
 
     inception = InceptionFeatures(device, cfg.batch_size, engine=cfg.engine)
-    print(f"Inception features: {inception.engine}, fp32")
+    print(f"Inception features: {', '.join(inception.settings.values())}")
     fake = FeatureSet(inception(samples.images, desc="inception samples"), samples.labels, samples.classes)
     fake.save(SAMPLE_FEATURES)
     metrics = sample_quality(reference, reference_stats, probe, fake, cfg)
@@ -48,7 +48,7 @@ def score(cfg: EvaluateParams, device) -> dict:
         metrics.update(floor(model, test.images, test.labels, len(samples.labels), reference_stats, inception))
     if samples.sampling:
         metrics["samples"] = samples.sampling
-    metrics["features"] = {"engine": inception.engine, "precision": "fp32"}
+    metrics["features"] = inception.settings
     return metrics
 
 

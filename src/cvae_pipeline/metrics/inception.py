@@ -73,6 +73,14 @@ def verify_weights(path: Path, expected_sha1: str = WEIGHTS_SHA1) -> None:
         )
 
 
+def weights_path(path: Path | None = None, verify: bool = True) -> Path:
+    """The weights file (the installed package's unless ``path``), its sha1 checked unless ``verify`` is False."""
+    path = Path(path) if path is not None else locate_weights()
+    if verify:
+        verify_weights(path)
+    return path
+
+
 def load_inception(
     path: Path | None = None, device: torch.device | str = "cpu", optimize: bool = True, verify: bool = True
 ) -> torch.nn.Module:
@@ -82,9 +90,7 @@ def load_inception(
     (``inception_network.py`` says why); ``optimize=False`` leaves it eager and unfused. The
     optimised network of the verified weights is kept on disk (``inception_cache.py``).
     """
-    path = Path(path) if path is not None else locate_weights()
-    if verify:
-        verify_weights(path)
+    path = weights_path(path, verify)
     device = torch.device(device)
     if not optimize:
         return pool3_network(pytorch_fid_state_dict(path)).to(device)
@@ -126,8 +132,7 @@ class InceptionFeatures:
         self.batch_size = batch_size
         self.engine = inception_openvino.resolve_engine(engine, self.device, engine_key)
         if self.engine == "openvino":
-            path = Path(weights) if weights is not None else locate_weights()
-            verify_weights(path)
+            path = weights_path(weights)
             self.channels_last = False  # OpenVINO takes the plain NCHW layout and picks its own
             self.model = inception_openvino.OpenVINOInception(
                 lambda: load_inception(path, "cpu", optimize=False, verify=False), WEIGHTS_SHA1
@@ -135,6 +140,11 @@ class InceptionFeatures:
         else:
             self.channels_last = channels_last
             self.model = load_inception(weights, self.device, optimize=optimize)
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """How the features are computed, as reports, runs and logs record it (fp32 whatever the engine)."""
+        return {"engine": self.engine, "precision": "fp32"}
 
     @torch.inference_mode()
     def __call__(

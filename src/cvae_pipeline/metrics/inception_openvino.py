@@ -66,7 +66,7 @@ class OpenVINOInception:
 
         core = ov.Core()
         files = _cache_files(weights_sha1, ov.__version__.split("-")[0])
-        model = self._cached(core, files)
+        model = self._cached(ov, core, files)
         if model is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, from the converter
@@ -80,12 +80,10 @@ class OpenVINOInception:
         self.request = core.compile_model(model, "CPU", config).create_infer_request()
 
     @staticmethod
-    def _cached(core, files: tuple[Path, Path]):
+    def _cached(ov, core, files: tuple[Path, Path]):
         xml, weights = (inception_cache.read_verified(path) for path in files)
         if xml is None or weights is None:
             return None
-        import openvino as ov
-
         try:
             return core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
         except RuntimeError:
