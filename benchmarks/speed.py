@@ -1,9 +1,10 @@
 """How fast each heavy part runs on this CPU, and how close it gets to the machine's limit — in one run.
 
-    python benchmarks/speed.py [--steps 12] [--samples 10000] [--fid-images 500] [--skip trainer,prior,...]
+    python benchmarks/speed.py [--steps 12] [--samples 10000] [--fid-images 500] [--seed 1] [--skip trainer,...]
 
-Needs ``data/prepared`` (``dvc repro prepare``). Prints the CPU model, torch's capability and threads,
-then, every row measured in this one run (compare ratios, not figures from different runs):
+Needs ``data/prepared`` (``dvc repro prepare``; the experiment rows bring the rest up to date). Prints
+the CPU model, torch's capability and threads, then, every row measured in this one run (compare ratios,
+not figures from different runs):
 
 * ``matmul``: a 2048x2048 matmul in fp32 and bf16, GFLOP/s — the machine's reference rate;
 * ``trainer``: the default model's training step (batch ``train.batch_size``, AdamW, EMA) in fp32,
@@ -13,14 +14,16 @@ then, every row measured in this one run (compare ratios, not figures from diffe
 * ``prior``: the diffusion prior's training step at its default size, latents/s, fp32 and bf16;
 * ``sample``: drawing and decoding ``--samples`` images with the diffusion prior at the default
   steps and guidance, fp32 and bf16, images/s (an untrained prior: the cost does not depend on the weights);
-* ``fid``: Inception features of ``--fid-images`` CIFAR-10 test images, the project's torch extractor vs
-  pytorch-fid, vs the extractor ``torch.compile``d and vs OpenVINO (``evaluate.engine: auto``'s choice on
-  the CPU), each with its attained GFLOP/s as a share of the fp32 matmul rate and its largest feature
-  difference from pytorch-fid.
-
-A whole training experiment before and after (``dvc exp run -S train.seed=1``, with and without
-``-S train.precision=fp32 -S prior.precision=fp32 -S sample.precision=fp32``) is tens of minutes each
-and is not run here; docs/benchmarks.md reports the two runs.
+* ``fid``: Inception features of ``--fid-images`` CIFAR-10 test images read from PNGs: pytorch-fid vs the
+  project's extractor with each ``evaluate.engine`` (torch; OpenVINO, ``auto``'s choice on the CPU) and vs
+  the torch network ``torch.compile``d, each with its attained GFLOP/s as a share of the fp32 matmul rate and
+  its largest feature difference from pytorch-fid;
+* ``experiment``: a whole training experiment before and after — ``dvc exp run -S train.seed=1`` (train,
+  prior, sample, evaluate at the default sample count) with every stage in fp32, then at the defaults
+  (``precision: auto``): wall minutes, each stage's figures and FID. Two real experiments of this
+  repository (named ``speed-before-<time>`` and ``speed-after-<time>``; ``dvc exp show`` and MLflow list
+  them), run in a copy of the workspace (``--temp``): tens of minutes each. ``--skip experiment`` leaves
+  them out.
 
 Run it alone: a concurrent heavy process slows every row several-fold. bf16 rows on a CPU without
 native bf16 (no AVX512-BF16/AMX) measure torch's emulation, which is what ``precision: auto`` avoids there.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -213,7 +217,6 @@ def inception_gflop_per_image() -> float:
 
 
 def fid_rows(count: int) -> dict:
-    import os
     import tempfile
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -234,14 +237,19 @@ def fid_rows(count: int) -> dict:
         (reference,), seconds = pytorch_fid_features([folder], CPU)
         rows["pytorch-fid 0.3.0"] = {"images_per_second": count / seconds, "features": reference}
 
-        extractor = InceptionFeatures(CPU, batch_size=50, engine="torch")
-        extractor(images[:2], progress=False)
-        start = time.perf_counter()
-        features = extractor(read_folder(folder), progress=False)
-        rows["project (traced, frozen, channels-last)"] = {
-            "images_per_second": count / (time.perf_counter() - start),
-            "features": features,
-        }
+        def shipped(engine: str) -> dict:
+            """The extractor ``evaluate`` runs with ``evaluate.engine: <engine>``, reading the PNGs like
+            pytorch-fid; its set-up (the network from the cache, converted once if not there) timed apart."""
+            started = time.perf_counter()
+            extractor = InceptionFeatures(CPU, batch_size=50, engine=engine)
+            extractor(images[:2], progress=False)
+            setup = time.perf_counter() - started
+            start = time.perf_counter()
+            features = extractor(read_folder(folder), progress=False)
+            seconds = time.perf_counter() - start
+            return {"images_per_second": count / seconds, "features": features, "setup_seconds": setup}
+
+        rows["project, torch (traced, frozen, channels-last)"] = shipped("torch")
 
         def batched(forward) -> tuple[np.ndarray, float]:
             """Features by ``forward`` timed like the project's row: reading the PNGs included."""
@@ -266,36 +274,113 @@ def fid_rows(count: int) -> dict:
             "features": features,
             "setup_seconds": compile_seconds,
         }
-        try:
+        from cvae_pipeline.metrics import inception_openvino
+
+        if inception_openvino.available():
             import openvino as ov
-        except ImportError:
-            rows["OpenVINO"] = {"error": "not installed (pip install openvino)"}
+
+            name = f"project, OpenVINO {ov.__version__.split('-')[0]} f32 (evaluate.engine: auto)"
+            rows[name] = shipped("openvino")
         else:
-            started = time.perf_counter()
-            core = ov.Core()
-            ov_model = ov.convert_model(network, example_input=torch.zeros(1, 3, 299, 299))
-            ov_model.reshape([50, 3, 299, 299])
-            compiled_ov = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            setup = time.perf_counter() - started
-            request = compiled_ov.create_infer_request()
-
-            def run_ov(x: torch.Tensor) -> np.ndarray:
-                n, x = len(x), x.contiguous().numpy()
-                if n < 50:  # the compiled shape is static: pad the last batch
-                    x = np.concatenate([x, np.zeros((50 - n, *x.shape[1:]), np.float32)])
-                return np.array(request.infer({0: x})[0][:n])
-
-            run_ov(preprocess(torch.from_numpy(images[:50])))
-            features, seconds = batched(run_ov)
-            rows[f"OpenVINO {ov.__version__.split('-')[0]} (f32)"] = {
-                "images_per_second": count / seconds,
-                "features": features,
-                "setup_seconds": setup,
-            }
+            rows["project, OpenVINO"] = {"error": "not installed (pip install openvino)"}
     for row in rows.values():
         if "features" in row:
             row["max_feature_difference"] = float(np.abs(row.pop("features") - reference).max())
     return rows
+
+
+# --- a whole training experiment, before and after -----------------------------------------------------------
+#: the ``-S`` settings of the "before" experiment: every stage in fp32, as the pipeline ran before the speed work
+BEFORE = ("train.precision=fp32", "prior.precision=fp32", "sample.precision=fp32")
+
+
+def experiment_rows(repo: Path, seed: int, log: Path) -> dict:
+    """Wall seconds and results of ``dvc exp run -S train.seed=<seed>`` in ``repo``, first with :data:`BEFORE`
+    ("before"), then at the defaults ("after"), each as a named experiment of ``repo``.
+
+    ``dvc repro fid_reference`` first brings the stages upstream of ``train`` up to date (untimed: the data
+    and the reference statistics are not part of a training experiment). Each experiment runs with
+    ``--temp`` (a copy of the workspace, so the user's checkout is left as it was) and ``--force --downstream
+    train``: ``train``, ``prior``, ``sample`` and ``evaluate`` really run even when DVC's run cache holds an
+    earlier result of the same settings. DVC's output goes to ``log``."""
+    bin_dir = str(Path(sys.executable).parent)  # the stages' `python` and `dvc`: this interpreter's
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows: dict[str, dict] = {}
+    with log.open("a") as out:
+
+        def dvc(*args: str) -> tuple[bool, float]:
+            out.write(f"\n$ dvc {' '.join(args)}\n")
+            out.flush()
+            started = time.perf_counter()
+            done = subprocess.run(["dvc", *args], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+            return done.returncode == 0, time.perf_counter() - started
+
+        ok, seconds = dvc("repro", "fid_reference")
+        if not ok:
+            return {"error": f"dvc repro fid_reference failed; its output: {log}"}
+        rows["setup: dvc repro fid_reference (untimed)"] = {"seconds": seconds}
+        for label, settings in (("before", BEFORE), ("after", ())):
+            name = f"speed-{label}-{stamp}"
+            sets = [arg for setting in (f"train.seed={seed}", *settings) for arg in ("-S", setting)]
+            # DVC checks out, into the copy, only the outputs upstream of the target (`train`); `evaluate` also
+            # reads the reference statistics, so they are copied, with the lock `dvc repro` just wrote (the copy
+            # starts from git's dvc.lock otherwise, which may not list them yet)
+            copies = ("--copy-paths", "dvc.lock", "--copy-paths", "data/fid_reference")
+            run = ("exp", "run", "--temp", *copies, "--force", "--downstream", "train", "-n", name)
+            ok, seconds = dvc(*run, *sets)
+            row = {"experiment": name, "settings": " ".join(sets), "seconds": seconds}
+            if ok:
+                row.update(experiment_results(repo, name))
+            else:
+                row["error"] = f"dvc exp run failed; its output: {log}"
+            rows[label] = row
+    return rows
+
+
+def experiment_results(repo: Path, name: str) -> dict:
+    """The stages' figures as the experiment ``name`` committed them (its git ref under ``refs/exps``)."""
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo, capture_output=True, text=True
+    ).stdout.split()
+    ref = next(r for r in refs if r.endswith(f"/{name}"))
+
+    def read(path: str) -> dict:
+        shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
+        return json.loads(shown.stdout) if shown.returncode == 0 else {}
+
+    train, prior, evaluation = (
+        read(f) for f in ("reports/train/metrics.json", "reports/prior/metrics.json", "reports/metrics.json")
+    )
+    return {
+        "train_seconds": train.get("train_seconds"),
+        "train_images_per_second": train.get("images_per_second"),
+        "prior_seconds": prior.get("prior_seconds"),
+        "fid": evaluation.get("fid"),
+        "num_samples": evaluation.get("num_samples"),
+        "class_consistency": evaluation.get("class_consistency"),
+    }
+
+
+def print_experiment(rows: dict) -> None:
+    if "error" in rows:
+        print(f"  failed: {rows['error']}")
+        return
+    for name, row in rows.items():
+        if name.startswith("setup"):
+            print(f"  {name}: {row['seconds']:.0f} s")
+            continue
+        if "error" in row:
+            print(f"  {name:6s} failed: {row['error']}")
+            continue
+        ratio = rows["before"]["seconds"] / row["seconds"] if "error" not in rows["before"] else float("nan")
+        print(
+            f"  {name:6s} {row['seconds'] / 60:5.1f} min  {ratio:4.2f}x before  train {row['train_seconds']:.0f} s "
+            f"({row['train_images_per_second']:.0f} img/s), prior {row['prior_seconds']:.0f} s;  "
+            f"FID-{row['num_samples'] // 1000}k {row['fid']:.2f}, class consistency {row['class_consistency']:.3f}  "
+            f"(experiment {row['experiment']})",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,7 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per trainer row")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--fid-images", type=int, default=500)
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: trainer,prior,sample,fid")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to leave out: trainer,prior,sample,fid,experiment"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="train.seed of the whole experiment, before and after")
+    parser.add_argument(
+        "--experiment-log",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "speed-experiment.log",
+        help="where DVC's output of the whole experiments goes",
+    )
     parser.add_argument(
         "--emulated", action="store_true", help="also the bf16 rows on a CPU without native bf16 (very slow)"
     )
@@ -377,6 +471,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['max_feature_difference']:.1e}{setup}",
                 flush=True,
             )
+    if "experiment" not in skip:
+        print(
+            f"\nwhole training experiment, dvc exp run -S train.seed={args.seed} (train, prior, sample, evaluate), "
+            f"before ({' '.join(BEFORE)}) and after (the defaults); DVC's output: {args.experiment_log} ...",
+            flush=True,
+        )
+        rows = experiment_rows(REPO, args.seed, args.experiment_log)
+        result["experiment"] = rows
+        print_experiment(rows)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

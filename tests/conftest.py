@@ -77,6 +77,7 @@ def pytest_configure(config):
 LONGEST_FIRST = (
     "test_pipeline_dvc.py",
     "test_team_stack.py",
+    "test_speed_benchmark.py",
     "test_kills.py",
     "test_faults.py",
     "test_cli_metrics.py",
