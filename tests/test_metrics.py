@@ -18,6 +18,7 @@ from cvae_pipeline.metrics.kid import kid, polynomial_mmd2_unbiased
 from cvae_pipeline.metrics.likelihood import likelihood_metrics
 from cvae_pipeline.metrics.precision_recall import precision_recall
 from cvae_pipeline.models import build_model
+from cvae_pipeline.precision import native_bf16
 
 
 def gaussian_features(n: int, d: int, shift: float, seed: int) -> np.ndarray:
@@ -308,3 +309,71 @@ np.testing.assert_array_equal(ours, features(torch.from_numpy(images), progress=
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_bf16_features_are_refused_where_they_would_not_be_bf16(monkeypatch):
+    """OpenVINO on a CPU without native bf16 would quietly infer in fp32: a "bf16" figure would be a false label."""
+    from cvae_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--precision = 'fp16': expected one of fp32, bf16$"):
+        inception.InceptionFeatures("cpu", engine="openvino", precision="fp16")
+    with pytest.raises(
+        ConfigError, match=r"^--precision bf16: .* but the engine is torch; use --engine auto or openvino"
+    ):
+        inception.InceptionFeatures("cpu", engine="torch", engine_key="--engine", precision="bf16")
+    monkeypatch.setattr(inception, "native_bf16", lambda device: False)
+    with pytest.raises(ConfigError, match=r"^--precision bf16 needs a CPU with native bf16 .*; use fp32$"):
+        inception.InceptionFeatures("cpu", engine="openvino", precision="bf16")
+    assert inception.InceptionFeatures("cpu", engine="openvino").settings == {"engine": "openvino", "precision": "fp32"}
+
+
+def test_fid_bf16_screening_is_printed_not_saved_and_takes_no_fp32_records(tmp_path, capsys):
+    from cvae_pipeline.cli import main
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", images)
+    Statistics.of(gaussian_features(20, inception.FEATURE_DIM, 0.0, 1)).save(tmp_path / "stats.npz")
+    a, stats = str(tmp_path / "a.npy"), str(tmp_path / "stats.npz")
+    assert main(["fid", a, a, "--precision", "bf16", "--save-stats", str(tmp_path / "out.npz")]) == 1
+    assert "--save-stats writes fp32 statistics" in capsys.readouterr().err
+    assert not (tmp_path / "out.npz").exists()
+    assert main(["fid", a, stats, "--precision", "bf16"]) == 1
+    assert "stats.npz: --precision bf16 needs images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fid", a, a, "--precision", "bf16", "--check-images", "1"])
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="needs a CPU with native bf16 (AVX512-BF16 or AMX)")
+def test_fid_bf16_screening_is_bf16_and_prints_its_measured_deviation_from_fp32(tmp_path, capsys):
+    from cvae_pipeline.cli import main
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8) for _ in range(2))
+    b[:, 0] = b[:, 0] // 2  # a visible shift between the sets
+    fp32 = inception.InceptionFeatures("cpu", engine="openvino")(a, progress=False)
+    bf16_extractor = inception.InceptionFeatures("cpu", engine="openvino", precision="bf16")
+    assert bf16_extractor.settings == {"engine": "openvino", "precision": "bf16"}
+    bf16 = bf16_extractor(a, progress=False)
+    difference = np.abs(bf16 - fp32).max()
+    assert 1e-4 < difference < 0.1 * np.abs(fp32).max()  # computed in bf16: not the fp32 bits, yet close
+
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    assert (
+        main(["fid", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--precision", "bf16", "--check-images", "12"])
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    value = float(out[0].rsplit(" ", 1)[1])
+    assert out[0].startswith("FID (bf16 features, openvino; screening only")
+    # the fp32 check is a real fp32 FID of 12 images of each set: the plain fp32 CLI on the same picks agrees
+    rng = np.random.default_rng(0)
+    picks = [np.sort(rng.choice(24, 12, replace=False)) for _ in range(2)]
+    np.save(tmp_path / "a12.npy", a[picks[0]])
+    np.save(tmp_path / "b12.npy", b[picks[1]])
+    assert main(["fid", str(tmp_path / "a12.npy"), str(tmp_path / "b12.npy")]) == 0
+    exact = float(capsys.readouterr().out.split("FID: ")[1])
+    assert f"vs {exact:.4f} with fp32" in out[1]
+    assert "on 12 and 12 random images" in out[1]
+    fid_all_fp32 = fid_from_features(fp32, inception.InceptionFeatures("cpu", engine="openvino")(b, progress=False))
+    assert value != fid_all_fp32 and abs(value - fid_all_fp32) < 0.05 * fid_all_fp32

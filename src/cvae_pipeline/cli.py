@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .config import DEFAULT_PARAMS_FILE, INCEPTION_ENGINES, load_params
+from .config import DEFAULT_PARAMS_FILE, FEATURE_PRECISIONS, INCEPTION_ENGINES, load_params
 from .errors import PipelineError
 from .paths import COMPARE_DIR, PREPARED_DIR
 from .stage import check_python
@@ -76,6 +76,8 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from .metrics.fid import Statistics, fid_against, fid_from_features, frechet_distance
     from .metrics.image_sets import load_image_set
 
+    if args.precision == "bf16":
+        return _fid_bf16_screening(args)
     box: list = []
     sets: list = []  # features (an array) or saved statistics, per path
     for path in args.paths:
@@ -98,6 +100,54 @@ def cmd_fid(args: argparse.Namespace) -> int:
         else:
             value = fid_from_features(a, b)
         print(f"FID: {value:.6f}")
+    return 0
+
+
+def _fid_bf16_screening(args: argparse.Namespace) -> int:
+    """FID with bf16 Inception features, printed with its deviation from fp32 measured on this very call.
+
+    For quick screening only: it is printed, never saved (no ``--save-stats``; saved statistics and
+    features are fp32 records and are not mixed in). The deviation: both precisions' FIDs on the same
+    ``--check-images`` random images of each set (seed 0), so the one figure says how far bf16 moved
+    *these* images' FID."""
+    import time
+
+    import numpy as np
+
+    from .metrics.fid import fid_from_features
+    from .metrics.image_sets import load_image_set
+    from .metrics.inception import InceptionFeatures
+    from .runtime import resolve_device
+
+    if args.save_stats:
+        raise PipelineError("--save-stats writes fp32 statistics; bf16 features are for screening only: drop one")
+    images = []
+    for path in args.paths:
+        image_set = load_image_set(path)
+        if image_set.images is None:
+            raise PipelineError(
+                f"{path}: --precision bf16 needs images; saved statistics and features are fp32 and are not mixed in"
+            )
+        images.append(image_set.images)
+    device = resolve_device(args.device, "--device")
+    screening = InceptionFeatures(device, args.batch_size, engine=args.engine, engine_key="--engine", precision="bf16")
+    started = time.perf_counter()
+    bf16 = [screening(x, desc=f"inception bf16 {p}") for x, p in zip(images, args.paths)]
+    seconds = time.perf_counter() - started
+    value = fid_from_features(*bf16)
+    rng = np.random.default_rng(0)
+    picks = [np.sort(rng.choice(len(x), min(args.check_images, len(x)), replace=False)) for x in images]
+    exact = InceptionFeatures(device, args.batch_size, engine=screening.engine, engine_key="--engine")
+    fp32 = [exact(x[i], desc=f"inception fp32 check {p}") for x, i, p in zip(images, picks, args.paths)]
+    check_bf16 = fid_from_features(*(f[i] for f, i in zip(bf16, picks)))
+    check_fp32 = fid_from_features(*fp32)
+    deviation = check_bf16 - check_fp32
+    print(f"FID (bf16 features, {screening.engine}; screening only, not pytorch-fid's): {value:.6f}")
+    print(
+        f"  deviation measured now: on {len(picks[0])} and {len(picks[1])} random images of the two sets, FID "
+        f"{check_bf16:.4f} with bf16 features vs {check_fp32:.4f} with fp32: {deviation:+.4f} "
+        f"({100 * deviation / check_fp32:+.2f} %); bf16 features of all {sum(map(len, images))} images: {seconds:.0f} s"
+    )
     return 0
 
 
@@ -214,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help=f"one or two of: {paths_help}")
     p.add_argument("--save-stats", type=Path, metavar="OUT.npz", help="save the first set's mu/sigma here")
     _add_image_set_options(p)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=FEATURE_PRECISIONS,
+        help="fp32: pytorch-fid's features (default); bf16: faster screening on a CPU with native bf16 "
+        "(OpenVINO), printed with its deviation from fp32 measured on --check-images of each set",
+    )
+    p.add_argument(
+        "--check-images",
+        type=int,
+        default=1000,
+        help="with --precision bf16: images per set scored in both precisions (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_fid)
 
     p = sub.add_parser("kid", help=cmd_kid.__doc__, description=cmd_kid.__doc__)
@@ -249,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fid" and (len(args.paths) > 2 or (len(args.paths) == 1 and not args.save_stats)):
         parser.error("fid takes PATH_A PATH_B, or one PATH with --save-stats OUT.npz")
+    if args.command == "fid" and args.precision == "bf16" and (len(args.paths) != 2 or args.check_images < 2):
+        parser.error("fid --precision bf16 takes PATH_A PATH_B and --check-images of at least 2")
     if args.command == "compare" and len(args.runs) < 2:
         parser.error("compare takes at least two runs: RUN_A RUN_B")
     try:

@@ -248,6 +248,8 @@ class SampleParams(_Section):
 #: what may run the FID network (``metrics/inception_openvino.resolve_engine``)
 InceptionEngine = Literal["auto", "torch", "openvino"]
 INCEPTION_ENGINES: tuple[str, ...] = get_args(InceptionEngine)
+#: precisions of the Inception features: fp32 (pytorch-fid's, the only one recorded); bf16 (`cvae fid` screening)
+FEATURE_PRECISIONS = ("fp32", "bf16")
 
 
 class EvaluateParams(_Section):

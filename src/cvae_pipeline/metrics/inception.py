@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import PipelineError
+from ..config import FEATURE_PRECISIONS
+from ..errors import ConfigError, PipelineError
+from ..precision import native_bf16
 from . import inception_cache, inception_openvino
 from .inception_network import optimize_for_inference, pool3_network, pytorch_fid_state_dict
 
@@ -111,6 +113,25 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     return 2 * x - 1
 
 
+def check_feature_precision(precision: str, engine: str, device: torch.device, key: str, engine_key: str) -> str:
+    """``precision`` if the features can be computed so, else one line naming ``key``. bf16 features are
+    OpenVINO's, on a CPU that computes bf16 natively: elsewhere OpenVINO would quietly infer in fp32
+    (and torch would emulate bf16 at a crawl), so a "bf16" figure would not be one."""
+    if precision not in FEATURE_PRECISIONS:
+        raise ConfigError(f"{key} = {precision!r}: expected one of {', '.join(FEATURE_PRECISIONS)}")
+    if precision == "bf16":
+        if engine != "openvino":
+            raise ConfigError(
+                f"{key} bf16: bf16 Inception features run in OpenVINO on the CPU, but the engine is {engine}; "
+                f"use {engine_key} auto or openvino on a CPU (pip install openvino), or fp32"
+            )
+        if not native_bf16(device):
+            raise ConfigError(
+                f"{key} bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX), which this one lacks; use fp32"
+            )
+    return precision
+
+
 class InceptionFeatures:
     """Callable: images -> float64 features ``[N, 2048]``, batched, with a progress bar.
 
@@ -127,15 +148,18 @@ class InceptionFeatures:
         optimize: bool = True,
         engine: str = "auto",
         engine_key: str = "evaluate.engine",
+        precision: str = "fp32",
+        precision_key: str = "--precision",
     ):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.engine = inception_openvino.resolve_engine(engine, self.device, engine_key)
+        self.precision = check_feature_precision(precision, self.engine, self.device, precision_key, engine_key)
         if self.engine == "openvino":
             path = weights_path(weights)
             self.channels_last = False  # OpenVINO takes the plain NCHW layout and picks its own
             self.model = inception_openvino.OpenVINOInception(
-                lambda: load_inception(path, "cpu", optimize=False, verify=False), WEIGHTS_SHA1
+                lambda: load_inception(path, "cpu", optimize=False, verify=False), WEIGHTS_SHA1, self.precision
             )
         else:
             self.channels_last = channels_last
@@ -143,8 +167,8 @@ class InceptionFeatures:
 
     @property
     def settings(self) -> dict[str, str]:
-        """How the features are computed, as reports, runs and logs record it (fp32 whatever the engine)."""
-        return {"engine": self.engine, "precision": "fp32"}
+        """How the features are computed, as reports, runs and logs record it."""
+        return {"engine": self.engine, "precision": self.precision}
 
     @torch.inference_mode()
     def __call__(

@@ -4,7 +4,8 @@ OpenVINO's fp32 kernels run the FID Inception 1.45x (Intel Xeon with AMX) and 1.
 as fast as the traced, frozen, channels-last torch network, with the same features to ~1e-6
 (``benchmarks/speed.py``; tested against the torch network and pytorch-fid). Its outputs do not depend
 on the batch a picture is in, and repeat bit for bit. fp32 is forced: on a CPU with bf16 OpenVINO
-would otherwise infer in bf16, and FID must stay pytorch-fid's.
+would otherwise infer in bf16, and FID must stay pytorch-fid's. bf16 is there only when asked for
+(``cvae fid --precision bf16``, a screening figure printed with its measured deviation from fp32).
 
 The network is converted from the torch one (``load_inception(optimize=False)``) once and kept in the
 cache folder as OpenVINO IR (portable across CPUs, unlike a compiled blob), each file with its sha256
@@ -60,8 +61,9 @@ def _cache_files(weights_sha1: str, version: str) -> tuple[Path, Path]:
 class OpenVINOInception:
     """Callable like the torch network: a preprocessed float batch ``[N,3,299,299]`` -> ``[N,2048]``."""
 
-    def __init__(self, build_torch_network: Callable[[], torch.nn.Module], weights_sha1: str):
-        """``build_torch_network`` is called only when the cache holds no valid IR of ``weights_sha1``."""
+    def __init__(self, build_torch_network: Callable[[], torch.nn.Module], weights_sha1: str, precision: str = "fp32"):
+        """``build_torch_network`` is called only when the cache holds no valid IR of ``weights_sha1``;
+        ``precision`` ``bf16`` (screening only, on a CPU with native bf16) compiles the same IR to infer in bf16."""
         import openvino as ov
 
         core = ov.Core()
@@ -73,7 +75,7 @@ class OpenVINOInception:
                 model = ov.convert_model(build_torch_network().eval(), example_input=torch.zeros(1, 3, 299, 299))
             self._store(ov, model, files)
         config = {
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
             "PERFORMANCE_HINT": "LATENCY",  # one stream on all the threads: batches come one at a time
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # the thread budget the user gave torch
         }
