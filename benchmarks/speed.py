@@ -10,7 +10,7 @@ not figures from different runs):
 * ``trainer``: the default model's training step (batch ``train.batch_size``, AdamW, EMA) in fp32,
   fp32 channels-last, bf16 and bf16 channels-last; images/s and peak memory (each row its own process);
   ``fp32 before`` = the loop as it was before the speed work (per-tensor AdamW and EMA); ``fp32 compiled``
-  = ``torch.compile`` (inductor) of the model, with its compile time;
+  / ``bf16 compiled`` = ``torch.compile`` (inductor) of the model, with its compile time;
 * ``prior``: the diffusion prior's training step at its default size, latents/s, fp32 and bf16;
 * ``sample``: drawing and decoding ``--samples`` images with the diffusion prior at the default
   steps and guidance, fp32 and bf16, images/s (an untrained prior: the cost does not depend on the weights);
@@ -60,6 +60,7 @@ TRAINER_ROWS = {
     "bf16": (BF16, ""),
     "bf16 channels-last": (BF16_CHANNELS_LAST, ""),
     "fp32 compiled": (FP32, "compile"),
+    "bf16 compiled": (BF16, "compile"),
 }
 
 
@@ -408,8 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(trainer_row(args.row[1], args.steps)))
         return 0
     skip = set(filter(None, args.skip.split(",")))
-    print(f"{cpu_description()}; torch {torch.__version__}; native bf16: {native_bf16(CPU)}", flush=True)
-    result: dict = {"machine": cpu_description(), "native_bf16": native_bf16(CPU)}
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
+    commit = commit.stdout.strip() or "unknown"
+    print(
+        f"{cpu_description()}; torch {torch.__version__}; native bf16: {native_bf16(CPU)}; commit {commit}", flush=True
+    )
+    result: dict = {"commit": commit, "machine": cpu_description(), "native_bf16": native_bf16(CPU)}
     fp32 = matmul_gflops(torch.float32)
     bf16 = matmul_gflops(torch.bfloat16, 2048 if native_bf16(CPU) else 512)  # emulated: minutes at 2048
     result["matmul_gflops"] = {"fp32": fp32, "bf16": bf16}
@@ -439,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = prior_rows(precisions)
         result["prior"] = rows
         base = rows[f"fp32, batch {PARAMS.prior.batch_size}"]
-        print(f"\nprior training step, MLP {PARAMS.prior.blocks}x{PARAMS.prior.width}:")
+        prior_cfg = PARAMS.prior
+        print(f"\nprior training step, {prior_cfg.denoiser} denoiser {prior_cfg.blocks}x{prior_cfg.width}:")
         for name, rate in rows.items():
             print(f"  {name:20s} {rate:7.0f} latents/s  {rate / base:5.2f}x the default", flush=True)
     if "sample" not in skip:
