@@ -170,6 +170,16 @@ def write_params(directory: Path, sources: list[dict], **prepare) -> Path:
     return path
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the folder is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     """The environment for a subprocess: no tracking URI unless a test sets one (so runs go
     to the workspace's own SQLite store), no DVC variables from an outer ``dvc`` call."""

@@ -7,24 +7,18 @@ the "before" experiment must really be the fp32 one. Checked on the tiny pipelin
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_pipeline_repo
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark, make_pipeline_repo
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def _experiment_params(repo: Path, name: str) -> dict:
