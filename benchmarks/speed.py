@@ -344,7 +344,9 @@ def experiment_results(repo: Path, name: str) -> dict:
     refs = subprocess.run(
         ["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo, capture_output=True, text=True
     ).stdout.split()
-    ref = next(r for r in refs if r.endswith(f"/{name}"))
+    ref = next((r for r in refs if r.endswith(f"/{name}")), None)
+    if ref is None:
+        return {"error": f"DVC reported success but holds no experiment named {name} (git refs/exps)"}
 
     def read(path: str) -> dict:
         shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
@@ -353,6 +355,8 @@ def experiment_results(repo: Path, name: str) -> dict:
     train, prior, evaluation = (
         read(f) for f in ("reports/train/metrics.json", "reports/prior/metrics.json", "reports/metrics.json")
     )
+    if not (train and prior and evaluation):
+        return {"error": f"experiment {name} lacks one of reports/{{train,prior}}/metrics.json, reports/metrics.json"}
     return {
         "train_seconds": train.get("train_seconds"),
         "train_images_per_second": train.get("images_per_second"),
