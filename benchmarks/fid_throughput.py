@@ -51,8 +51,10 @@ def write_pngs(images: np.ndarray, folder: Path) -> Path:
     return folder
 
 
-def project_features(folders: list[Path], device: torch.device) -> tuple[list[np.ndarray], float]:
-    extractor = InceptionFeatures(device, batch_size=50)
+def project_features(folders: list[Path], device: torch.device, engine: str = "auto") -> tuple[list[np.ndarray], float]:
+    """Features of each folder by the project's extractor (``evaluate.engine: <engine>``) and the seconds they
+    took, reading the PNGs included; the extractor's set-up and first call are not timed."""
+    extractor = InceptionFeatures(device, batch_size=50, engine=engine)
     extractor(np.zeros((2, 3, 32, 32), np.uint8), progress=False)  # warm-up (first-call JIT profiling)
     start = time.perf_counter()
     feats = [extractor(read_folder(f), progress=False) for f in folders]  # includes reading the PNGs

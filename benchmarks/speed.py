@@ -221,12 +221,12 @@ def fid_rows(count: int) -> dict:
     import tempfile
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from fid_throughput import pytorch_fid_features, write_pngs
+    from fid_throughput import project_features, pytorch_fid_features, write_pngs
     from torch.fx.experimental.optimization import fuse
 
     from cvae_pipeline.data.prepared import load_prepared
     from cvae_pipeline.metrics.image_sets import read_folder
-    from cvae_pipeline.metrics.inception import InceptionFeatures, load_inception, preprocess
+    from cvae_pipeline.metrics.inception import load_inception, preprocess
     from cvae_pipeline.metrics.pytorch_fid_weights import install_pytorch_fid_weights
 
     images = np.asarray(load_prepared(REPO / "data" / "prepared", "test").images[:count])
@@ -242,12 +242,8 @@ def fid_rows(count: int) -> dict:
             """The extractor ``evaluate`` runs with ``evaluate.engine: <engine>``, reading the PNGs like
             pytorch-fid; its set-up (the network from the cache, converted once if not there) timed apart."""
             started = time.perf_counter()
-            extractor = InceptionFeatures(CPU, batch_size=50, engine=engine)
-            extractor(images[:2], progress=False)
-            setup = time.perf_counter() - started
-            start = time.perf_counter()
-            features = extractor(read_folder(folder), progress=False)
-            seconds = time.perf_counter() - start
+            (features,), seconds = project_features([folder], CPU, engine)
+            setup = time.perf_counter() - started - seconds
             return {"images_per_second": count / seconds, "features": features, "setup_seconds": setup}
 
         rows["project, torch (traced, frozen, channels-last)"] = shipped("torch")
