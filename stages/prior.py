@@ -1,7 +1,7 @@
 """Stage ``prior``: the latent density ``sample`` draws from, fitted on the trained model's encodings of
 the training set — a class-conditional diffusion model (``prior.kind: diffusion``), per-class Gaussian
 mixtures (``gmm``) or nothing (``none``). Writes ``models/prior.pt``, its loss curves and a decoded
-sample grid (DVC plots), ``reports/prior/metrics.json``, and logs to the training's MLflow run."""
+sample grid (DVC plots), ``reports/prior/metrics.json``, and logs to a run nested under the training's."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Stage ``train``: train the CVAE that ``model.*`` describes with ``train.*``, resuming from the
-last checkpoint of the same configuration, and track it as one MLflow run.
+"""Stage ``train``: train the CVAE that ``model.*`` describes with ``train.*`` and track it as one MLflow
+run; an interrupted run of the same inputs resumes from its checkpoint.
 
 Data-parallel on several GPUs/processes/nodes: ``torchrun --nproc_per_node=N stages/train.py``
 (rank 0 writes and tracks; see ``training/distributed.py``)."""

@@ -79,6 +79,7 @@ LONGEST_FIRST = (
     "test_team_stack.py",
     "test_speed_benchmark.py",
     "test_kills.py",
+    "test_rerun_computes.py",
     "test_faults.py",
     "test_cli_metrics.py",
     "test_reported_defects.py",
@@ -343,9 +344,8 @@ def write_tiny_params(directory: Path, archive_dir: Path, precision: str | None 
     small model, one epoch, the tiny prior, 20 samples: their Inception pass is the dearest part of a tiny
     ``evaluate``); ``sections`` override (``train={"epochs": 3}``).
 
-    ``precision`` pins train, prior and sample to one precision, for tests that compare two runs bit for
-    bit: on a CPU with native bf16, ``auto`` decides by a timing probe, so two runs of the tiny model may
-    choose differently (seen: samples in fp32, then in bf16) and rightly end with other bits."""
+    ``precision`` pins train, prior and sample to one precision, for tests that compare outputs across
+    machines or against a fixed expectation (``auto`` is bf16 on a CPU with native bf16, fp32 elsewhere)."""
     from archives import make_image_folder_archive, sha256
 
     archive = make_image_folder_archive(archive_dir / "cifar.tar.gz", 12, 4)

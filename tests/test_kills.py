@@ -291,7 +291,7 @@ def test_a_killed_training_resumes_into_its_run_and_ends_with_the_same_model(bas
     repo, expected, _ = baseline
     checkpoint = repo / "models" / "checkpoints" / "last.pt"
     run_file = repo / "models" / "mlflow_run.json"
-    checkpoint.unlink()
+    assert not checkpoint.exists()  # the finished baseline left no resume file
     before = run_file.read_text()
     env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     dvc = subprocess.Popen(

@@ -217,8 +217,8 @@ def test_sampling_from_a_fitted_density_that_is_none_is_a_config_error():
 
 def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws_the_same(tmp_path, monkeypatch):
     """train, prior, sample as a user runs them (tracked in the workspace's SQLite store): the prior is
-    a DVC-visible file with its loss curve, grid and metrics, and the generator ``sample`` logged (what
-    ``evaluate`` registers) draws, for the stage's seed, exactly the images the stage drew. On a model
+    a DVC-visible file with its loss curve, grid and metrics, and the generator ``sample`` logged and
+    registered draws, for the stage's seed, exactly the images the stage drew. On a model
     with a latent map and the conv denoiser, as the default (the tiny pipelines cover the MLP's)."""
     import mlflow
 
@@ -238,12 +238,13 @@ def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws
     assert sampling["latents"] == "diffusion prior (conv 2x16 on 2x4x4, v-prediction; 8 DDIM steps, guidance 2)"
 
     train_run = json.loads((ws / "models/mlflow_run.json").read_text())["run_id"]
-    assert json.loads((ws / "models/prior_run.json").read_text())["run_id"] == train_run  # logged into it
+    prior_run = json.loads((ws / "models/prior_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
-    run = client.get_run(train_run)
-    assert run.data.tags["prior.kind"] == "diffusion" and "prior_val_loss" in run.data.metrics
-    assert [m.step for m in client.get_metric_history(train_run, "prior_train_loss")] == [1, 2]
-    assert "prior/samples.png" in {a.path for a in client.list_artifacts(train_run, "prior")}
+    run = client.get_run(prior_run)  # a run of its own, nested under the training's
+    assert run.data.tags["mlflow.parentRunId"] == train_run and run.data.tags["stage"] == "prior"
+    assert run.data.params["prior.kind"] == "diffusion" and "prior_val_loss" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(prior_run, "prior_train_loss")] == [1, 2]
+    assert "prior/samples.png" in {a.path for a in client.list_artifacts(prior_run, "prior")}
 
     images = np.load(ws / "data/samples/images.npy")
     labels = np.load(ws / "data/samples/labels.npy")

@@ -30,8 +30,8 @@ from .errors import ConfigError
 DEFAULT_PARAMS_FILE = "params.yaml"
 PrecisionSetting = Literal["auto", "fp32", "bf16"]
 PRECISION_HELP = (
-    "auto (bf16 autocast where the CPU or GPU has native bf16 and a probe at start measures it faster, else "
-    "fp32) | fp32 | bf16; weights and loss sums stay fp32"
+    "auto (bf16 autocast where the CPU or GPU has native bf16, else fp32: the same choice every run on a "
+    "machine) | fp32 | bf16; weights and loss sums stay fp32"
 )
 
 
@@ -280,7 +280,9 @@ class MlflowParams(_Section):
 
     experiment: str = knob("MLflow experiment of the runs", min_length=1)
     registered_model: str | None = knob(
-        "Model Registry name every evaluated generator is registered under; null = do not register", min_length=1
+        "Model Registry name every sampled generator is registered under (by sample; evaluate adds its "
+        "scores); null = do not register",
+        min_length=1,
     )
     required: StrictBool = knob("false: an unreachable tracking store only warns and the stages run untracked")
 

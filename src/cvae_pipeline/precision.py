@@ -1,29 +1,26 @@
-"""Compute precision: bf16 autocast where the hardware computes bf16 natively and a probe measures it
-faster, fp32 everywhere else.
+"""Compute precision: bf16 autocast where the hardware computes bf16 natively, fp32 everywhere else.
 
 Only the matmuls and convolutions drop to bf16 (``torch.autocast``); the weights, the optimiser's
 state and the gradients stay fp32, and the models cast their networks' outputs back to fp32 before
 the likelihood, the KL and every reduction of the loss. So a bf16 run checkpoints, resumes and
 saves exactly like an fp32 one, and its losses are summed at full precision.
 
-``auto`` never costs a CPU without native bf16 anything: there it is fp32 without a probe. Where
-bf16 is native (AVX512-BF16 or AMX on x86, bf16-capable CUDA GPUs) a few timed steps of the real
-work under each candidate decide, because the fastest recipe is not obvious: on one AMX machine
-bf16 trained the default model 2.1x faster than fp32, but bf16 in channels-last memory only 1.3x.
+``auto`` is a function of the machine alone: bf16 where it is native (AVX512-BF16 or AMX on x86,
+bf16-capable CUDA GPUs), fp32 elsewhere. Never a timing probe: a probe could choose differently
+from one run to the next on the same machine, and the same params would then give different weights
+where neither ``dvc.lock`` nor DVC's run cache can see why. Plain bf16, not bf16 in channels-last
+memory: on the machines measured (docs/benchmarks.md) plain bf16 was the faster of the two.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-#: auto takes bf16 only when the probe measures it at least this much faster: below it, timing noise
-#: between two short probes could pick either, and fp32 is the exact choice
-MIN_GAIN = 1.1
-#: untimed steps before the timed ones (oneDNN picks and caches its kernels on the first calls)
+#: untimed steps before the timed ones of a benchmark (oneDNN picks and caches its kernels on the first calls)
 PROBE_WARMUP, PROBE_REPEATS = 2, 3
 
 
@@ -101,61 +98,25 @@ def seconds_per_step(step: Callable[[], None], warmup: int = PROBE_WARMUP, repea
     return best
 
 
-def choose(setting: str, native: bool, timings: dict[Precision, float] | None) -> Choice:
-    """The decision, apart from the measuring: ``timings`` are seconds per step of each candidate
-    (fp32 among them) on hardware with native bf16; None where none were measured."""
+def resolve(setting: str, device: torch.device) -> Choice:
+    """``setting`` (auto | fp32 | bf16) on ``device``: the same answer every time on the same machine."""
+    native = native_bf16(device)
     if setting == "fp32":
         return Choice(FP32, "set")
     if setting == "bf16":
-        if not native:
-            return Choice(BF16, "set; this device has no native bf16, so it is emulated and slower than fp32")
-        bf16 = {p: t for p, t in (timings or {}).items() if p.dtype == "bf16"}
-        best = min(bf16, key=bf16.get) if bf16 else BF16
-        return Choice(best, "set" + (f"; {_rates(bf16)}" if len(bf16) > 1 else ""))
+        return Choice(BF16, "set" if native else "set; this device has no native bf16, so it is emulated and slower")
     if setting != "auto":
         raise ValueError(f"precision {setting!r}: expected auto | fp32 | bf16")
-    if not native:
-        return Choice(FP32, "auto: no native bf16 on this device")
-    if not timings or FP32 not in timings:
-        raise ValueError("auto on native bf16 needs the probe's fp32 timing")
-    best = min(timings, key=timings.get)
-    gain = timings[FP32] / timings[best]
-    if best == FP32 or gain < MIN_GAIN:
-        return Choice(FP32, f"auto: bf16 not {MIN_GAIN:g}x faster in the probe ({_rates(timings)})")
-    return Choice(best, f"auto: {gain:.2f}x fp32 in the probe ({_rates(timings)})")
+    return (
+        Choice(BF16, "auto: native bf16 on this device")
+        if native
+        else Choice(FP32, "auto: no native bf16 on this device")
+    )
 
 
-def _rates(timings: dict[Precision, float]) -> str:
-    return ", ".join(f"{p.name} {1 / t:.2f} steps/s" for p, t in timings.items())
-
-
-def resolve(
-    setting: str,
-    device: torch.device,
-    probe: Callable[[Precision], float] | None,
-    candidates: Sequence[Precision] = (FP32, BF16, BF16_CHANNELS_LAST),
-) -> Choice:
-    """``setting`` (auto | fp32 | bf16) on ``device``: ``probe(precision)`` -> seconds per step of the
-    real work, called only where bf16 is native and there is something to decide. The probe runs
-    under ``torch.random.fork_rng``, so it never changes what the work itself draws."""
-    native = native_bf16(device)
-    wanted = {"auto": candidates, "bf16": [c for c in candidates if c.dtype == "bf16"]}.get(setting, [])
-    timings = None
-    if native and probe is not None and len(wanted) > (setting == "bf16"):
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            timings = {candidate: probe(candidate) for candidate in wanted}
-    return choose(setting, native, timings)
-
-
-def resume_or_resolve(
-    recorded: str | None,
-    setting: str,
-    device: torch.device,
-    probe: Callable[[Precision], float] | None,
-    candidates: Sequence[Precision] = (FP32, BF16, BF16_CHANNELS_LAST),
-) -> Choice:
-    """A resumed run keeps the precision its checkpoint ``recorded``: a new probe might decide otherwise,
-    and the rest of the run would then differ from an uninterrupted one. Otherwise :func:`resolve`."""
+def resume_or_resolve(recorded: str | None, setting: str, device: torch.device) -> Choice:
+    """A resumed run keeps the precision its checkpoint ``recorded`` (a checkpoint carried to another
+    machine must not change precision half-way); otherwise :func:`resolve`."""
     if recorded:
         return Choice(Precision.parse(recorded), "the checkpoint's, which this run resumes")
-    return resolve(setting, device, probe, candidates)
+    return resolve(setting, device)

@@ -6,8 +6,6 @@ run on saved PNGs of the same samples.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -15,14 +13,7 @@ from tqdm import tqdm
 from .batches import BatchStream
 from .models import BaseCVAE
 from .models.base import LatentSampler
-from .precision import FP32, Choice, Precision, resolve, seconds_per_step
-from .samples import SampleSet
-
-#: images per call of the sampling precision's probe: enough to time the decoder's batched convolutions
-PROBE_IMAGES = 100
-
-#: what the images of ``decoder_output`` are, as said in the metrics and the MLflow run
-DECODER_OUTPUT_MEANING = {"mean": "decoder mean", "sample": "draw from the likelihood"}
+from .precision import FP32, Precision
 
 #: white pixels between and around the tiles of a sample grid
 GRID_PADDING = 2
@@ -118,61 +109,3 @@ def grid_of(images: np.ndarray, labels: np.ndarray, num_classes: int, per_row: i
         top, left = row * step_y + GRID_PADDING, column * step_x + GRID_PADDING
         canvas[top : top + height, left : left + width] = tile.transpose(1, 2, 0)
     return Image.fromarray(canvas)
-
-
-def sampling_precision(model: BaseCVAE, setting: str, latents: LatentSampler | None) -> Choice:
-    """``sample.precision`` resolved on this machine; the probe draws ``PROBE_IMAGES`` images (the prior's
-    steps and the decoding) on a copy of the model with its own generator."""
-    device = next(model.parameters()).device
-    labels = torch.arange(PROBE_IMAGES, device=device) % model.num_classes
-
-    def probe(precision: Precision) -> float:
-        copy_ = precision.module(copy.deepcopy(model)).eval()
-        generator = torch.Generator(device=device).manual_seed(0)
-
-        @torch.no_grad()
-        def step() -> None:
-            with precision.autocast(device):
-                copy_.sample(labels, generator=generator, latents=latents)
-
-        return seconds_per_step(step, warmup=1, repeats=2)
-
-    return resolve(setting, device, probe)
-
-
-def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prior_file, model_sha256: str) -> SampleSet:
-    """The ``sample`` stage's set under ``cfg`` (``SampleParams``): latents from the prior stage's
-    density in ``prior_file`` (``cfg.latents == "fitted"``) or from the model's own prior."""
-    from .errors import PipelineError
-    from .prior import load_prior
-
-    sampler, described = None, "model prior"
-    if cfg.latents == "fitted":
-        kind, prior = load_prior(prior_file, model_sha256)
-        if prior is None:
-            raise PipelineError(
-                f"{prior_file} holds no density (prior.kind: {kind}); set sample.latents: model, or "
-                "prior.kind: diffusion and run `dvc repro prior`"
-            )
-        prior.to(next(model.parameters()).device)
-        sampler, described = prior.sampler(cfg.steps, cfg.guidance), prior.describe(cfg.steps, cfg.guidance)
-    choice = sampling_precision(model, cfg.precision, sampler)
-    print(f"sampling precision {choice.precision.name} ({choice.why})", flush=True)
-    images, labels = generate(
-        model,
-        len(classes),
-        cfg.per_class,
-        cfg.temperature,
-        cfg.seed,
-        cfg.batch_size,
-        latents=sampler,
-        decoder_output=cfg.decoder_output,
-        precision=choice.precision,
-    )
-    sampling = {
-        "latents": described,
-        "images": DECODER_OUTPUT_MEANING[cfg.decoder_output],
-        "temperature": cfg.temperature,
-        "precision": choice.precision.name,
-    }
-    return SampleSet(images, labels, list(classes), sampling)

@@ -1,7 +1,6 @@
 """The ``prior`` stage's work: encode the training set with the trained model, fit the density of
 ``prior.kind`` on its latents (resuming a killed diffusion training from its checkpoint), and write the
-prior, the DVC reports and the MLflow record — into the training's run, or one nested under it when
-that run already holds a prior of other settings."""
+prior, the DVC reports and the MLflow record — a new run of this stage, nested under the training's."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from ..io import save_png, write_json_atomic
 from ..models.artifact import load_trained_model
 from ..runtime import resolve_device
 from ..sampling import generate, grid_of
-from ..training.checkpoint import code_fingerprint, fingerprint
+from ..training.checkpoint import discard_checkpoint, stage_fingerprint
 from ..training.reporting import write_history
 from .artifact import GMMPrior, save_prior
 from .diffusion import describe_denoiser
@@ -40,18 +39,8 @@ def fit_prior(params: PipelineParams) -> dict:
     device = resolve_device(cfg.device, "prior.device")
     model, classes = load_trained_model(paths.MODEL_FILE, device)
     model_sha = file_checksum(paths.MODEL_FILE, "sha256")
-    settings = tracking.flatten_params({"prior": cfg.model_dump()})
     started = time.perf_counter()
-    with tracking.results_run(
-        "prior",
-        settings,
-        params.mlflow.required,
-        paths.TRAIN_RUN_FILE,
-        params.mlflow.experiment,
-        tracking.flatten_params(params.model_dump()),
-    ) as run:
-        if run is not None:
-            mlflow.set_tags(settings)  # first, so a resumed run finds the run it logged to
+    with tracking.stage_run("prior", params) as run:
         history: list[dict] = []
         prior = None
         if cfg.kind != "none":
@@ -63,7 +52,7 @@ def fit_prior(params: PipelineParams) -> dict:
                 prior = GMMPrior(gmm)
                 print(f"fitted {cfg.gmm_components}-component GMMs per class", flush=True)
             else:
-                prior, history = _train_diffusion(params, model, classes, encoded, model_sha, device, run is not None)
+                prior, history = _train_diffusion(params, model, classes, encoded, device, run is not None)
         save_prior(paths.PRIOR_FILE, cfg.kind, model_sha, classes, prior)
         write_history(history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
         sampler = prior.sampler(GRID_STEPS, GRID_GUIDANCE) if prior is not None else None
@@ -83,27 +72,30 @@ def fit_prior(params: PipelineParams) -> dict:
         if run is not None:
             mlflow.log_image(grid, artifact_file="prior/samples.png")
             mlflow.log_metric("prior_seconds", metrics["prior_seconds"])  # the losses went in per epoch
-    # the run file last, once the run has ended (tracking/handoff.py says why)
+    # the run file last, once the run has ended (tracking/handoff.py says why); then the checkpoint goes, so a
+    # later run of this stage computes instead of "resuming" into this prior
     tracking.write_run_file(
         run.info.run_id if run else None, run.info.experiment_id if run else None, path=paths.PRIOR_RUN_FILE
     )
+    discard_checkpoint(paths.PRIOR_CHECKPOINT)
     return metrics
 
 
-def _train_diffusion(params, model, classes, encoded, model_sha, device, track: bool):
+def _train_diffusion(params, model, classes, encoded, device, track: bool):
     import mlflow
 
     cfg = params.prior
     val = load_prepared(paths.PREPARED_DIR, "val")
     val_encoded = encode_posteriors(model, val.images, val.labels, ENCODE_BATCH)
-    run_fingerprint = fingerprint(
-        cfg.model_dump(exclude={"device"}),
-        model_sha,
-        file_checksum(paths.PREPARED_DIR / "manifest.json", "sha256"),
-        code_fingerprint("prior"),
-    )
     trainer = PriorTrainer(
-        cfg, encoded, val_encoded, len(classes), device, paths.PRIOR_CHECKPOINT, run_fingerprint, model.latent_shape
+        cfg,
+        encoded,
+        val_encoded,
+        len(classes),
+        device,
+        paths.PRIOR_CHECKPOINT,
+        stage_fingerprint("prior", params.model_dump()),
+        model.latent_shape,
     )
     if trainer.try_resume():
         print(f"resuming the prior from {paths.PRIOR_CHECKPOINT} after epoch {trainer.epoch}/{cfg.epochs}")
@@ -117,7 +109,7 @@ def _train_diffusion(params, model, classes, encoded, model_sha, device, track: 
         flush=True,
     )
     if track:
-        mlflow.set_tag(PRECISION_TAG, choice.precision.name)  # a tag: a refit into the same run may choose anew
+        mlflow.set_tag(PRECISION_TAG, choice.precision.name)
         tracking.backfill_epochs(trainer.history, prefix="prior_")
     write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
 

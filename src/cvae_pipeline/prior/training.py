@@ -35,11 +35,6 @@ VALIDATION_SEED = 1234  # the same noise and timesteps every epoch, so validatio
 DIVERGED_LOSS = 1e6
 
 
-#: the candidates differ only in the dtype: the MLP has no image layout (a memory format for the conv
-#: denoiser's small maps is not among them)
-_CANDIDATES = (FP32, Precision("bf16"))
-
-
 class PriorTrainingError(PipelineError):
     """The prior's training cannot go on (a non-finite or diverged loss)."""
 
@@ -141,15 +136,13 @@ class PriorTrainer:
 
     def choose_precision(self) -> Choice:
         """``prior.precision`` resolved on this machine (a resumed run keeps its checkpoint's choice)."""
-        choice = resume_or_resolve(
-            self.resumed_precision, self.cfg.precision, self.device, self.seconds_per_step, _CANDIDATES
-        )
+        choice = resume_or_resolve(self.resumed_precision, self.cfg.precision, self.device)
         self.precision = choice.precision
         return choice
 
     def seconds_per_step(self, precision: Precision) -> float:
         """A training step's forward and backward in ``precision`` on a copy of the denoiser and its own
-        generator: the probe changes nothing of the training."""
+        generator, timed (benchmarks/speed.py): it changes nothing of the training."""
         denoiser = copy.deepcopy(self.denoiser).train()
         generator = torch.Generator(device=self.device).manual_seed(0)
         idx = torch.arange(min(self.cfg.batch_size, len(self.train[2])), device=self.device)

@@ -55,6 +55,14 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather(self, value) -> list:
+        """Every process's ``value``, in rank order (``[value]`` for one process)."""
+        if not self.enabled:
+            return [value]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

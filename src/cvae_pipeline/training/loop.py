@@ -105,8 +105,8 @@ class Trainer:
             hflip=cfg.augment == "hflip",
         )
         self.val_batches = BatchStream(val.images, val.labels, max(cfg.batch_size, 256), device, shuffle=False)
-        #: a fixed batch of the training split for the precision probe (the shuffled stream's generator is
-        #: part of the checkpoint, so the probe must not draw from it)
+        #: a fixed batch of the training split for timing a step (benchmarks/speed.py; the shuffled stream's
+        #: generator is part of the checkpoint, so timing must not draw from it)
         b = self.train_batches.batch_size
         self.probe_batch = next(iter(BatchStream(train.images[:b], train.labels[:b], b, device, shuffle=False)))
         steps_per_epoch = len(self.train_batches)
@@ -151,7 +151,7 @@ class Trainer:
 
     def seconds_per_step(self, precision: Precision) -> float:
         """One optimiser step's forward and backward on a fixed training batch in ``precision``, timed on a
-        copy of the model (the probe of ``precision.resolve``; nothing of the training changes)."""
+        copy of the model (benchmarks/speed.py; nothing of the training changes)."""
         model = precision.module(copy.deepcopy(self.model)).train()
         x, y = self.probe_batch
         x = precision.batch(x)
@@ -180,6 +180,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "torch_rng": torch.get_rng_state(),
+            # under torchrun each replica draws its own latent noise: all of their generators, so every
+            # process resumes its own (only rank 0 writes the checkpoint)
+            "replica_rng": self.dist.all_gather(torch.get_rng_state()),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "shuffle_rng": self.shuffle_rng.get_state(),
             "history": self.history,
@@ -196,7 +199,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["torch_rng"])
+        replicas = state.get("replica_rng") or []
+        torch.set_rng_state(replicas[self.dist.rank] if len(replicas) == self.dist.world_size else state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.shuffle_rng.set_state(state["shuffle_rng"])
@@ -297,8 +301,9 @@ class Trainer:
                 )
             self.epoch += 1
             self.history.append(record)
+            state = self.state()  # a collective under torchrun: every process takes part
             if self.dist.is_main:
-                save_checkpoint(self.checkpoint_path, self.state())
+                save_checkpoint(self.checkpoint_path, state)
             self.dist.barrier()
             if not self.dist.is_main:
                 continue
