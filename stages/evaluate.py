@@ -1,8 +1,9 @@
 """Stage ``evaluate``: score ``data/samples`` against the reference (FID, KID, per-class FID/KID,
 class consistency, precision/recall) and the trained model on the test split (likelihood bounds,
 reconstructions; with ``evaluate.reconstruction_fid`` also the reconstructions' FID, the decoder's
-floor for the samples'). Writes ``reports/metrics.json`` and ``reports/per_class.csv``, logs to the
-run the samples were logged to and registers the generator that made them."""
+floor for the samples'). Writes ``reports/metrics.json`` and ``reports/per_class.csv``, logs them to a
+new MLflow run of this stage, nested under the training's, and writes the scores into the registered
+version of the generator that made the samples."""
 
 from __future__ import annotations
 
@@ -24,31 +25,17 @@ def main() -> None:
     metrics = scoring.score(cfg, resolve_device(cfg.device, "evaluate.device"))
     settings = tracking.flatten_params({"evaluate": cfg.model_dump()})
     run_id = experiment_id = registered = None
-    with tracking.results_run(
-        "evaluate",
-        settings,
-        params.mlflow.required,
-        paths.SAMPLES_RUN_FILE,
-        params.mlflow.experiment,
-        tracking.flatten_params(params.model_dump()),
-    ) as run:
+    generator = SampleSet.generator(paths.SAMPLES_DIR)
+    with tracking.stage_run("evaluate", params, training_figures=True) as run:
         if run is not None:
             run_id, experiment_id = run.info.run_id, run.info.experiment_id
             with tempfile.TemporaryDirectory() as staging:  # the run logs a copy of the reports
                 staged = Path(staging) / paths.METRICS.name
                 scoring.write_reports(metrics, staged, Path(staging) / paths.PER_CLASS_PLOT.name)
-                version = log_evaluation(
-                    run,
-                    metrics,
-                    settings,
-                    scoring.protocol(metrics, cfg.reference),
-                    staged,
-                    SampleSet.generator_uri(paths.SAMPLES_DIR),
-                    params.mlflow.registered_model,
-                )
-            if version is not None:
-                registered = f"models:/{params.mlflow.registered_model}/{version.version}"
-                print(f"registered as model '{params.mlflow.registered_model}' version {version.version}")
+                log_evaluation(run, metrics, settings, scoring.protocol(metrics, cfg.reference), staged, generator)
+            if generator.get("version"):
+                registered = f"models:/{generator['registered_model']}/{generator['version']}"
+                print(f"scores written to model '{generator['registered_model']}' version {generator['version']}")
     # The reports and the run file last, after the run has ended: a kill while the run is open leaves
     # them missing, so the next `dvc repro` re-runs this stage, which closes the run the kill left RUNNING.
     scoring.write_reports(metrics, paths.METRICS, paths.PER_CLASS_PLOT)

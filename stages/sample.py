@@ -2,19 +2,20 @@
 latents from the prior stage's density (``sample.latents: fitted``: the diffusion prior at
 ``sample.steps`` and ``sample.guidance``, or the GMM) or from the model's own prior, saved to
 ``data/samples`` with a class-by-row grid as a DVC plot. The generator that draws them (the model
-with its prior and these settings) is logged to MLflow for ``evaluate`` to register — in the prior's
-run, or in a run nested under it when that one holds samples of other settings."""
+with its prior and these settings) is logged and registered in a new MLflow run of this stage, nested
+under the training's."""
 
 from __future__ import annotations
 
 from cvae_pipeline import paths, tracking
 from cvae_pipeline.config import load_params
 from cvae_pipeline.data.sources import file_checksum
+from cvae_pipeline.drawing import draw_sample_set
 from cvae_pipeline.io import atomic_directory, save_png, write_json_atomic
 from cvae_pipeline.models.artifact import load_trained_model
 from cvae_pipeline.runtime import resolve_device
 from cvae_pipeline.samples import GENERATOR_FILE
-from cvae_pipeline.sampling import draw_sample_set, grid_of
+from cvae_pipeline.sampling import grid_of
 from cvae_pipeline.stage import run_stage, stage_parser
 from cvae_pipeline.tracking.stage_logging import log_samples
 
@@ -29,21 +30,14 @@ def main() -> None:
     settings = tracking.flatten_params({"sample": cfg.model_dump()})
     # logging happens inside the atomic write: if MLflow fails, no data/samples is left without its generator
     with (
-        tracking.results_run(
-            "sample",
-            settings,
-            params.mlflow.required,
-            paths.PRIOR_RUN_FILE,
-            params.mlflow.experiment,
-            tracking.flatten_params(params.model_dump()),
-        ) as run,
+        tracking.stage_run("sample", params) as run,
         atomic_directory(paths.SAMPLES_DIR) as tmp,
     ):
         samples.save(tmp)
         run_id, experiment_id = (run.info.run_id, run.info.experiment_id) if run else (None, None)
-        model_uri = None
+        generator = {}
         if run is not None:
-            model_uri = log_samples(
+            generator = log_samples(
                 grid,
                 settings,
                 samples.sampling,
@@ -56,11 +50,12 @@ def main() -> None:
                     "guidance": cfg.guidance,
                     "precision": samples.sampling["precision"],
                 },
+                params.mlflow.registered_model,
             )
-            write_json_atomic(tmp / GENERATOR_FILE, {"model_uri": model_uri})
+            write_json_atomic(tmp / GENERATOR_FILE, generator)
     save_png(grid, paths.SAMPLES_GRID)
     # the run file last, once the run has ended: a kill before it leaves the stage for DVC to re-run
-    tracking.write_run_file(run_id, experiment_id, model_uri, path=paths.SAMPLES_RUN_FILE)
+    tracking.write_run_file(run_id, experiment_id, generator.get("model_uri"), path=paths.SAMPLES_RUN_FILE)
     s = samples.sampling
     print(
         f"sampled {len(samples.labels)} images ({cfg.per_class} per class, temperature {cfg.temperature}, "

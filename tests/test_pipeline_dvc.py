@@ -39,10 +39,19 @@ def mlflow_client(repo: Path):
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
 
 
-def mlflow_runs(repo: Path) -> list:
+def mlflow_runs(repo: Path, stage: str | None = None) -> list:
+    """The runs of the repository's store; ``stage``: only those that stage started."""
     client = mlflow_client(repo)
     experiment = client.get_experiment_by_name("cvae-cifar10")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
+    runs = client.search_runs([experiment.experiment_id], max_results=5000) if experiment else []
+    return [r for r in runs if stage is None or r.data.tags.get("stage") == stage]
+
+
+def one_run_per_stage(runs: list) -> dict:
+    """``{stage: run}`` of one execution of the pipeline (each stage started exactly one run)."""
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert len(by_stage) == len(runs), [r.info.run_name for r in runs]
+    return by_stage
 
 
 def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
@@ -55,26 +64,39 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     for key in ("fid", "kid_mean", "kid_std", "class_consistency", "precision", "recall", "test_neg_elbo_nats"):
         assert np.isfinite(metrics[key]), key
     assert metrics["num_samples"] == 20 and set(metrics["per_class"]) == set(CLASSES)
-    (run,) = mlflow_runs(dvc_repo)
-    assert run.data.params["model.backbone"] == "mlp" and "fid" in run.data.metrics
-    assert run.data.metrics["fid"] == pytest.approx(metrics["fid"])
-    artifacts = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "samples")}
-    assert "samples/final_grid.png" in artifacts and "samples/epoch_0001.png" in artifacts
-    assert "prior/samples.png" in {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "prior")}
-    assert run.data.tags["prior.kind"] == "diffusion" and "prior_val_loss" in run.data.metrics
+    runs = one_run_per_stage(mlflow_runs(dvc_repo))
+    assert set(runs) == {"train", "prior", "sample", "evaluate"}
+    trained, evaluated, sampled = runs["train"], runs["evaluate"], runs["sample"]
+    for stage in ("prior", "sample", "evaluate"):  # every later stage's run nests under the training's
+        assert runs[stage].data.tags["mlflow.parentRunId"] == trained.info.run_id
+        assert runs[stage].info.run_name == f"{trained.info.run_name} · {stage}"
+        assert runs[stage].data.params["model.backbone"] == "mlp"
+    assert evaluated.data.metrics["fid"] == pytest.approx(metrics["fid"])
+    assert "final_train_seconds" in evaluated.data.metrics  # what the training cost, beside the scores
+    client = mlflow_client(dvc_repo)
+    assert "samples/epoch_0001.png" in {a.path for a in client.list_artifacts(trained.info.run_id, "samples")}
+    assert "samples/final_grid.png" in {a.path for a in client.list_artifacts(sampled.info.run_id, "samples")}
+    assert "prior/samples.png" in {a.path for a in client.list_artifacts(runs["prior"].info.run_id, "prior")}
+    assert "prior_val_loss" in runs["prior"].data.metrics and runs["prior"].data.params["prior.kind"] == "diffusion"
     assert (dvc_repo / "reports" / "samples" / "grid.png").is_file()
-    pipeline_files = {a.path for a in mlflow_client(dvc_repo).list_artifacts(run.info.run_id, "pipeline")}
-    assert pipeline_files == {"pipeline/params.yaml", "pipeline/dvc.yaml", "pipeline/dvc.lock"}
-    (version,) = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
-    assert version.run_id == run.info.run_id and float(version.tags["fid"]) == pytest.approx(metrics["fid"], rel=1e-5)
+    assert {a.path for a in client.list_artifacts(trained.info.run_id, "pipeline")} == {"pipeline/params.yaml"}
+    pipeline_files = {a.path for a in client.list_artifacts(evaluated.info.run_id, "pipeline")}
+    assert pipeline_files == {"pipeline/dvc.yaml", "pipeline/dvc.lock"}
+    # registered where it was logged (the sample stage's run), scored by the evaluation
+    (version,) = client.search_model_versions("name='cvae-cifar10'")
+    assert version.run_id == sampled.info.run_id and float(version.tags["fid"]) == pytest.approx(
+        metrics["fid"], rel=1e-5
+    )
+    assert version.tags["evaluated_in_run"] == evaluated.info.run_id
     assert version.description.startswith(
         f"FID {metrics['fid']:.2f} (20 samples vs 40 test images; decoder mean, latents from {LATENTS})"
     )
     # the registered model is the generator the sample stage logged with its prior: it serves what was scored
-    generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())["model_uri"]
-    assert version.source == generator
-    logged = mlflow_client(dvc_repo).get_logged_model(generator.removeprefix("models:/"))
-    assert logged.source_run_id == run.info.run_id and logged.name == "generator"
+    generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())
+    assert version.source == generator["model_uri"] and generator["version"] == version.version
+    logged = client.get_logged_model(generator["model_uri"].removeprefix("models:/"))
+    assert logged.source_run_id == sampled.info.run_id and logged.name == "generator"
+    assert not (dvc_repo / "models" / "checkpoints" / "last.pt").exists()  # finished stages leave no resume file
     per_class = (dvc_repo / "reports" / "per_class.csv").read_text().splitlines()
     assert per_class[0].startswith("class,") and len(per_class) == 1 + len(CLASSES) + 1
 
@@ -129,24 +151,36 @@ def test_queued_experiments_run_two_at_a_time_into_the_main_store(dvc_repo: Path
         assert np.isfinite(row["metrics"]["reports/metrics.json"]["data"]["fid"])
 
     new_runs = [r for r in mlflow_runs(dvc_repo) if r.info.run_id not in runs_before]  # the main workspace's store
-    assert sorted((r.data.params["train.lr"], r.data.params["train.precision"]) for r in new_runs) == sorted(QUEUED)
-    for run in new_runs:
+    trainings = [r for r in new_runs if r.data.tags["stage"] == "train"]
+    assert sorted((r.data.params["train.lr"], r.data.params["train.precision"]) for r in trainings) == sorted(QUEUED)
+    for run in trainings:
         used, asked = run.data.params["train.precision_used"], run.data.params["train.precision"]
-        assert used == "fp32" if asked == "fp32" else used in ("fp32", "bf16", "bf16, channels-last"), (asked, used)
-    # no metric lost: each queued run holds every metric the baseline's run holds, each with its full history
-    (baseline,) = before
+        assert used == "fp32" if asked == "fp32" else used in ("fp32", "bf16"), (asked, used)
+    # no metric lost: each queued experiment's runs hold every metric the baseline's hold, with full histories
+    baseline = one_run_per_stage(before)
     client = mlflow_client(dvc_repo)
 
     def points(run) -> int:
         return sum(len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics)
 
-    for run in new_runs:
-        assert run.info.status == "FINISHED" and "fid" in run.data.metrics
-        assert run.info.run_name == run.data.tags["dvc_experiment"]
-        assert set(run.data.metrics) == set(baseline.data.metrics), set(baseline.data.metrics) ^ set(run.data.metrics)
-        assert points(run) == points(baseline), run.info.run_name
+    for training in trainings:
+        name = training.data.tags["dvc_experiment"]
+        assert training.info.run_name == name
+        runs = one_run_per_stage([r for r in new_runs if r.data.tags.get("dvc_experiment") == name])
+        assert set(runs) == set(baseline)
+        for stage, run in runs.items():
+            assert run.info.status == "FINISHED", (name, stage)
+            assert set(run.data.metrics) == set(baseline[stage].data.metrics), (stage, run.data.metrics)
+            assert points(run) == points(baseline[stage]), (name, stage)
+            if stage != "train":
+                assert run.data.tags["mlflow.parentRunId"] == training.info.run_id
+        assert runs["evaluate"].data.params["train.lr"] == training.data.params["train.lr"]
         tally("queued experiments (dvc queue start -j 2)", "complete runs, every metric point logged")
-    tally("queued experiments (dvc queue start -j 2)", f"metric points per run {points(baseline)}", len(new_runs))
+    tally(
+        "queued experiments (dvc queue start -j 2)",
+        f"metric points per experiment {sum(map(points, baseline.values()))}",
+        len(trainings),
+    )
     assert not list((dvc_repo / ".dvc" / "tmp" / "exps").glob("*/mlflow.db"))  # no store left in temp copies
 
 
@@ -159,7 +193,7 @@ def test_workspace_experiments_rerun_only_what_changed(dvc_repo: Path):
         assert f"Running stage '{stage}'" in out
     for stage in ("download", "fid_reference"):
         assert f"Running stage '{stage}'" not in out
-    runs = mlflow_runs(dvc_repo)
+    runs = mlflow_runs(dvc_repo, "train")
     assert sorted(r.data.params["train.epochs"] for r in runs) == ["1"] * (1 + len(QUEUED)) + ["2"]
     named = [r for r in runs if r.data.params["train.epochs"] == "2"][0]
     assert named.data.tags.get("dvc_experiment") == named.info.run_name  # run named after the DVC experiment
@@ -181,35 +215,38 @@ def test_posterior_flow_experiment_trains_and_evaluates(dvc_repo: Path):
         assert f"Running stage '{stage}'" not in out
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
     assert np.isfinite(metrics["fid"]) and np.isfinite(metrics["test_iw_bound_nats"])
-    assert metrics["samples"].pop("precision") in ("fp32", "bf16", "bf16, channels-last")
+    assert metrics["samples"].pop("precision") in ("fp32", "bf16")
     assert metrics["samples"] == {"latents": LATENTS, "images": "decoder mean", "temperature": 1.0}
-    (run,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
+    (run,) = [r for r in mlflow_runs(dvc_repo, "evaluate") if r.data.params.get("model.flow.posterior") == "iaf"]
     assert run.data.params["model.flow.steps"] == "4" and "fid" in run.data.metrics
     assert run.data.tags["samples.images"] == "decoder mean"
 
 
-def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_repo: Path):
-    """``-S sample.guidance=2`` re-runs only sample and evaluate on the model and prior the workspace
-    holds (the IAF one): the new results go to a run nested under the training's, whose own FID stays,
-    so the MLflow UI shows the two samplings side by side; an evaluate-only change (the floor's FIDs)
-    nests under that in turn."""
-    (trained,) = [r for r in mlflow_runs(dvc_repo) if r.data.params.get("model.flow.posterior") == "iaf"]
+def test_resampling_a_trained_model_gets_its_own_runs_and_keeps_the_first(dvc_repo: Path):
+    """``-S sample.guidance=2`` re-runs only sample and evaluate on the model and prior the workspace holds
+    (the IAF one): their runs are new ones nested under the training's, and the first evaluation's FID
+    stays in its own run, so the MLflow UI shows the two samplings side by side; an evaluate-only change
+    (the floor's FIDs) is a new evaluation run too, and re-scores the same registered generator."""
+    (trained,) = [r for r in mlflow_runs(dvc_repo, "train") if r.data.params.get("model.flow.posterior") == "iaf"]
+    (first,) = [r for r in mlflow_runs(dvc_repo, "evaluate") if r.data.params.get("model.flow.posterior") == "iaf"]
     out = sh("dvc", "exp", "run", "-n", "guided", "-S", "sample.guidance=2", cwd=dvc_repo)
     for stage in ("train", "prior"):
         assert f"Running stage '{stage}'" not in out
     assert "Running stage 'sample'" in out and "Running stage 'evaluate'" in out
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
     assert metrics["samples"]["latents"].endswith("guidance 2)")
-    (guided,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "guided"]
-    assert guided.data.tags["mlflow.parentRunId"] == trained.info.run_id
-    assert guided.data.params["sample.guidance"] == "2.0" and guided.data.params["model.flow.posterior"] == "iaf"
-    assert guided.data.tags["prior.kind"] == "diffusion"  # what it was drawn with, inherited
-    assert guided.data.metrics["fid"] == pytest.approx(metrics["fid"]) and "final_train_seconds" in guided.data.metrics
-    after = mlflow_client(dvc_repo).get_run(trained.info.run_id)
-    assert after.data.metrics["fid"] == trained.data.metrics["fid"] != guided.data.metrics["fid"]
-    assert after.data.tags["sample.guidance"] == "3.0"
+    guided = {r.data.tags["stage"]: r for r in mlflow_runs(dvc_repo) if r.data.tags.get("dvc_experiment") == "guided"}
+    assert set(guided) == {"sample", "evaluate"}
+    for run in guided.values():
+        assert run.data.tags["mlflow.parentRunId"] == trained.info.run_id
+        assert run.data.params["sample.guidance"] == "2.0" and run.data.params["model.flow.posterior"] == "iaf"
+    evaluation = guided["evaluate"]
+    assert evaluation.data.metrics["fid"] == pytest.approx(metrics["fid"])
+    assert "final_train_seconds" in evaluation.data.metrics
+    assert mlflow_client(dvc_repo).get_run(first.info.run_id).data.metrics["fid"] == first.data.metrics["fid"]
+    assert first.data.metrics["fid"] != evaluation.data.metrics["fid"]
     versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
-    assert any(v.run_id == guided.info.run_id for v in versions)  # the re-sampled generator, registered
+    assert [v.run_id for v in versions].count(guided["sample"].info.run_id) == 1  # the re-sampled generator
 
     # "is it the decoder or the latents?": the floor's FIDs, an evaluate-only change
     versions_before = len(versions)
@@ -219,18 +256,19 @@ def test_resampling_a_trained_model_gets_its_own_run_and_keeps_the_first(dvc_rep
     metrics = json.loads((dvc_repo / "reports" / "metrics.json").read_text())
     assert np.isfinite(metrics["reconstruction_fid"]) and np.isfinite(metrics["posterior_draw_fid"])
     assert metrics["reconstruction_fid_images"] == 20  # as many as the samples: 2 of the 4 test images per class
-    (floor,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "decoder-floor"]
-    assert floor.data.tags["mlflow.parentRunId"] == guided.info.run_id
-    assert floor.data.tags["trained_in_run"] == trained.info.run_id and floor.data.params["sample.guidance"] == "2.0"
-    assert floor.data.metrics["fid"] == pytest.approx(guided.data.metrics["fid"])  # same samples, same FID
+    (floor,) = [r for r in mlflow_runs(dvc_repo, "evaluate") if r.data.tags.get("dvc_experiment") == "decoder-floor"]
+    assert floor.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert floor.data.tags["sampled_in_run"] == guided["sample"].info.run_id
+    assert floor.data.params["sample.guidance"] == "2.0"
+    assert floor.data.metrics["fid"] == pytest.approx(evaluation.data.metrics["fid"])  # same samples, same FID
     assert floor.data.metrics["posterior_draw_fid"] == pytest.approx(metrics["posterior_draw_fid"])
-    # the same generator was re-evaluated: its version is updated, no second version is registered
+    # the same generator was re-evaluated: its version carries the new scores, no second version is registered
     versions = mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")
     assert len(versions) == versions_before
-    (rescored,) = [v for v in versions if v.run_id == guided.info.run_id]
+    (rescored,) = [v for v in versions if v.run_id == guided["sample"].info.run_id]
     assert rescored.tags["evaluated_in_run"] == floor.info.run_id
-    first = mlflow_client(dvc_repo).get_run(guided.info.run_id).data
-    assert first.tags["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in first.metrics
+    untouched = mlflow_client(dvc_repo).get_run(evaluation.info.run_id).data
+    assert untouched.params["evaluate.reconstruction_fid"] == "False" and "reconstruction_fid" not in untouched.metrics
 
 
 def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
@@ -240,7 +278,7 @@ def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
     resume checkpoint (another model's) does not make ``train`` look changed."""
     (trained,) = [
         r
-        for r in mlflow_runs(dvc_repo)
+        for r in mlflow_runs(dvc_repo, "train")
         if (r.data.params.get("train.lr"), r.data.params.get("train.precision")) == ("0.002", "fp32")
     ]
     name = trained.data.tags["dvc_experiment"]
@@ -249,9 +287,47 @@ def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
     assert json.loads(sh("dvc", "status", "--json", "train", cwd=dvc_repo)) == {}  # nothing to retrain
     out = sh("dvc", "exp", "run", "-n", "resampled-lr002", "-S", "sample.temperature=0.5", cwd=dvc_repo)
     assert "Running stage 'train'" not in out and "Running stage 'sample'" in out
-    (resampled,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "resampled-lr002"]
+    (resampled,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "resampled-lr002 · sample"]
     assert resampled.data.tags["mlflow.parentRunId"] == trained.info.run_id
     assert resampled.data.params["train.lr"] == "0.002" and resampled.data.params["sample.temperature"] == "0.5"
+
+
+def test_a_queued_guidance_sweep_gets_a_run_and_a_version_for_each_guidance(dvc_repo: Path):
+    """As the issue's user: a new prior in the workspace, then ``sample.guidance=2,4`` queued and run two at a
+    time. Neither experiment re-runs train or prior (only ``sample.*`` changed); each gets its own sample and
+    evaluation runs with its own guidance and FID — none lands in another's run — and the registry one
+    version per generator, registered once although both ran at the same time."""
+    sh("dvc", "exp", "run", "-n", "reseeded-prior", "-S", "prior.seed=1", "prior", cwd=dvc_repo)
+    before = {r.info.run_id for r in mlflow_runs(dvc_repo)}
+    versions_before = {v.version for v in mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")}
+    sh("dvc", "exp", "run", "--queue", "-S", "sample.guidance=2,4", cwd=dvc_repo)
+    sh("dvc", "queue", "start", "-j", "2", cwd=dvc_repo)
+    deadline = time.monotonic() + 600
+    while not queue_finished(dvc_repo):
+        assert time.monotonic() < deadline, sh("dvc", "queue", "status", cwd=dvc_repo)
+        time.sleep(1)
+    assert "Failed" not in sh("dvc", "queue", "status", cwd=dvc_repo)
+
+    new = [r for r in mlflow_runs(dvc_repo) if r.info.run_id not in before]
+    assert sorted(r.data.tags["stage"] for r in new) == ["evaluate", "evaluate", "sample", "sample"]  # no train, prior
+    evaluations = {r.data.params["sample.guidance"]: r for r in new if r.data.tags["stage"] == "evaluate"}
+    samplings = {r.data.params["sample.guidance"]: r for r in new if r.data.tags["stage"] == "sample"}
+    assert set(evaluations) == set(samplings) == {"2.0", "4.0"}
+    shown = {
+        str(float(row["params"]["params.yaml"]["data"]["sample"]["guidance"])): row["metrics"]["reports/metrics.json"]
+        for row in walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
+        if row.get("name") in {r.data.tags["dvc_experiment"] for r in new}
+    }
+    client = mlflow_client(dvc_repo)
+    versions = [v for v in client.search_model_versions("name='cvae-cifar10'") if v.version not in versions_before]
+    assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in samplings.values())
+    for guidance, evaluation in evaluations.items():
+        assert evaluation.data.tags["sampled_in_run"] == samplings[guidance].info.run_id
+        assert evaluation.data.metrics["fid"] == pytest.approx(shown[guidance]["data"]["fid"])
+        (version,) = [v for v in versions if v.run_id == samplings[guidance].info.run_id]
+        assert version.tags["evaluated_in_run"] == evaluation.info.run_id
+    assert evaluations["2.0"].data.metrics["fid"] != evaluations["4.0"].data.metrics["fid"]
+    tally("queued guidance sweep (dvc queue start -j 2)", "a run and a registry version per guidance", 2)
 
 
 def train_settings(row: dict) -> tuple[str, str]:
@@ -277,11 +353,11 @@ def test_report_and_compare_show_the_runs_side_by_side(dvc_repo: Path):
     table = pd.read_csv(dvc_repo / "reports" / "compare" / "runs.csv")
     assert {"run", "FID", "KID", "class consistency", "train.lr", "train precision", "train img/s"} <= set(table)
     assert "model.backbone" not in table  # equal in every run: not a difference
-    fids = table["FID"].dropna().tolist()
-    assert fids == sorted(fids) and len(table) == len(mlflow_runs(dvc_repo))
+    fids = table["FID"].tolist()  # one row per evaluation, each with its scores and every param
+    assert fids == sorted(fids) and len(table) == len(mlflow_runs(dvc_repo, "evaluate"))
     assert "| run" in (dvc_repo / "reports" / "compare" / "runs.md").read_text() and "FID" in out
 
-    first, second = sorted(mlflow_runs(dvc_repo), key=lambda r: r.info.start_time)[:2]
+    first, second = sorted(mlflow_runs(dvc_repo, "evaluate"), key=lambda r: r.info.start_time)[:2]
     sh("cvae", "compare", first.info.run_id, second.info.run_name, "--out", "side.png", cwd=dvc_repo)
     from PIL import Image
 
@@ -334,25 +410,29 @@ def test_a_second_clone_at_another_path_pulls_and_resamples(dvc_repo: Path, team
     out = sh("dvc", "exp", "run", "-n", "resampled-elsewhere", "-S", "sample.temperature=0.7", cwd=clone)
     ran = {stage for stage in ALL_STAGES if f"Running stage '{stage}'" in out}
     assert ran == {"sample", "evaluate"}, out
-    client = mlflow_client(clone)
-    (run,) = client.search_runs([client.get_experiment_by_name("cvae-cifar10").experiment_id])
-    assert run.data.tags["trained_in_run"] == trained_in and run.data.params["sample.temperature"] == "0.7"
-    assert "fid" in run.data.metrics
+    runs = one_run_per_stage(mlflow_runs(clone))
+    assert set(runs) == {"sample", "evaluate"}
+    for run in runs.values():  # top-level: this store has no training run to nest under
+        assert run.data.tags["trained_in_run"] == trained_in and "mlflow.parentRunId" not in run.data.tags
+        assert run.data.params["sample.temperature"] == "0.7"
+    assert "fid" in runs["evaluate"].data.metrics
 
 
 def test_a_prior_experiment_refits_the_prior_only_and_nests_its_results(dvc_repo: Path):
-    """``-S prior.epochs=3`` re-runs prior, sample and evaluate, never train; the new prior's losses and
-    FID land in a run nested under the training's, next to the first prior's."""
+    """``-S prior.epochs=3`` re-runs prior, sample and evaluate, never train; the new prior's losses and its
+    FID land in runs nested under the training's, next to the first prior's."""
     trained_in = json.loads((dvc_repo / "models" / "mlflow_run.json").read_text())["run_id"]
     out = sh("dvc", "exp", "run", "-n", "longer-prior", "-S", "prior.epochs=3", cwd=dvc_repo)
     assert "Running stage 'train'" not in out
     for stage in ("prior", "sample", "evaluate"):
         assert f"Running stage '{stage}'" in out
     assert json.loads((dvc_repo / "reports" / "prior" / "metrics.json").read_text())["epochs"] == 3
-    (refit,) = [r for r in mlflow_runs(dvc_repo) if r.info.run_name == "longer-prior"]
-    assert refit.data.tags["mlflow.parentRunId"] == trained_in and refit.data.params["prior.epochs"] == "3"
-    assert "fid" in refit.data.metrics and "prior_val_loss" in refit.data.metrics
-    assert json.loads((dvc_repo / "models" / "prior_run.json").read_text())["run_id"] == refit.info.run_id
+    refit = one_run_per_stage([r for r in mlflow_runs(dvc_repo) if r.data.tags.get("dvc_experiment") == "longer-prior"])
+    assert set(refit) == {"prior", "sample", "evaluate"}
+    for run in refit.values():
+        assert run.data.tags["mlflow.parentRunId"] == trained_in and run.data.params["prior.epochs"] == "3"
+    assert "fid" in refit["evaluate"].data.metrics and "prior_val_loss" in refit["prior"].data.metrics
+    assert json.loads((dvc_repo / "models" / "prior_run.json").read_text())["run_id"] == refit["prior"].info.run_id
 
 
 def test_an_experiment_travels_between_clones_through_git_and_the_s3_store(dvc_repo: Path, team_stack):

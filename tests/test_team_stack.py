@@ -94,7 +94,7 @@ def last_line(result: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def pipeline(team_stack, tmp_path_factory) -> Path:
     """train → prior → fid_reference → sample → evaluate as the stack's writer, then sample and evaluate
-    again at another guidance (a second run, nested under the first): the workspace."""
+    again at another guidance (runs of their own, nested under the training's too): the workspace."""
     ws = tiny_workspace(tmp_path_factory.mktemp("team") / "ws")
     for stage in PIPELINE:
         result = run_stage(stage, ws, env=team_stack.exports())
@@ -114,25 +114,40 @@ def test_pipeline_runs_live_in_postgres_and_their_artifacts_in_the_bucket(team_s
     trained = json.loads((pipeline / "models" / "mlflow_run.json").read_text())["run_id"]
     experiment = ok(team_stack, "experiments/get-by-name?experiment_name=cvae-cifar10")["experiment"]
     runs = ok(team_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-    assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
-    (first,) = [r for r in runs if r["info"]["run_id"] == trained]
+    assert len(runs) == 6 and all(
+        r["info"]["status"] == "FINISHED" for r in runs
+    )  # train, prior, 2 x (sample, evaluate)
+
+    def of(stage: str) -> dict:
+        """The stage's runs by their guidance."""
+        found = [r for r in runs if {"key": "stage", "value": stage} in r["data"]["tags"]]
+        return {next(p["value"] for p in r["data"]["params"] if p["key"] == "sample.guidance"): r for r in found}
+
+    (training,) = of("train").values()
+    assert training["info"]["run_id"] == trained
+    evaluations, samplings = of("evaluate"), of("sample")
+    assert set(evaluations) == set(samplings) == {"3.0", "1.5"}
+    first = evaluations["3.0"]
     metrics = {m["key"]: m["value"] for m in first["data"]["metrics"]}
-    assert {"fid", "kid_mean", "class_consistency", "val_neg_elbo", "final_train_seconds"} <= set(metrics)
-    (second,) = [r for r in runs if r["info"]["run_id"] != trained]
+    assert {"fid", "kid_mean", "class_consistency", "final_train_seconds"} <= set(metrics)
     reported = json.loads((pipeline / "reports" / "metrics.json").read_text())  # the second evaluation's
-    assert {m["key"]: m["value"] for m in second["data"]["metrics"]}["fid"] == pytest.approx(reported["fid"])
+    assert {m["key"]: m["value"] for m in evaluations["1.5"]["data"]["metrics"]}["fid"] == pytest.approx(
+        reported["fid"]
+    )
 
     # the same facts, read from PostgreSQL itself
     rows = sql(team_stack, "SELECT status, experiment_id FROM runs WHERE run_uuid = %s", trained)
     assert rows == [("FINISHED", int(experiment["experiment_id"]))]
-    fid_rows = sql(team_stack, "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'fid'", trained)
+    first_id = first["info"]["run_id"]
+    fid_rows = sql(team_stack, "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'fid'", first_id)
     assert fid_rows and fid_rows[0][0] == pytest.approx(metrics["fid"])
     versions = sql(team_stack, "SELECT version, run_id FROM model_versions WHERE name = 'cvae-cifar10'")
-    assert {run_id for _, run_id in versions} == {trained, second["info"]["run_id"]}
+    assert sorted(run_id for _, run_id in versions) == sorted(r["info"]["run_id"] for r in samplings.values())
 
-    # and the artifacts as objects in the bucket: the run's files and the logged generator's
+    # and the artifacts as objects in the bucket: the runs' files and the logged generator's
     keys = team_stack.objectstore.keys(f"{ARTIFACTS_PREFIX}/{experiment['experiment_id']}/")
-    assert any(k.endswith(f"{trained}/artifacts/samples/final_grid.png") for k in keys), keys
+    sampled = samplings["3.0"]["info"]["run_id"]
+    assert any(k.endswith(f"{sampled}/artifacts/samples/final_grid.png") for k in keys), keys
     assert any(k.endswith(f"{trained}/artifacts/pipeline/params.yaml") for k in keys), keys
     assert any(k.endswith("/MLmodel") for k in keys) and any(k.endswith("/model.pt") for k in keys), keys
 
@@ -404,7 +419,8 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
     experiment_id = ok(team_stack, "experiments/get-by-name?experiment_name=cvae-cifar10")["experiment"][
         "experiment_id"
     ]
-    runs = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    everything = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    runs = [r for r in everything if any(m["key"] == "fid" for m in r["data"]["metrics"])]  # the two evaluations
     fids = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "fid") for r in runs]
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
@@ -414,10 +430,10 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": header})
         wait = WebDriverWait(driver, 90)
         driver.get(f"{team_stack.server.url}/#/experiments/{experiment_id}/runs")
-        (parent,) = [r for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"])]
+        (parent,) = [r for r in everything if not any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"])]
         wait.until(lambda d: parent["info"]["run_name"] in text(d))
         for expander in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"):
-            driver.execute_script("arguments[0].click();", expander)  # unfold the nested run
+            driver.execute_script("arguments[0].click();", expander)  # unfold the nested runs
         wait.until(lambda d: all(r["info"]["run_name"] in text(d) for r in runs))
         driver.save_screenshot(str(tmp_path / "runs.png"))
 

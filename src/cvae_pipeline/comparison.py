@@ -43,6 +43,8 @@ def runs_frame(experiment: str) -> pd.DataFrame:
     runs = mlflow.search_runs([found.experiment_id], output_format="pandas")
     if runs.empty:
         raise PipelineError(f"MLflow experiment '{experiment}' has no runs yet; run `dvc repro` first")
+    if "metrics.fid" in runs and runs["metrics.fid"].notna().any():
+        runs = runs[runs["metrics.fid"].notna()]  # the evaluations: each holds its scores and every param
     return runs
 
 
@@ -85,7 +87,11 @@ def write_report(table: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
 
 
 def _run_grid(client, run_id: str, workdir: Path) -> Image.Image:
+    """The run's sample grid; an evaluation's is in the run that drew its samples (``sampled_in_run``)."""
     paths = {a.path for a in client.list_artifacts(run_id, "samples")}
+    sampled_in = client.get_run(run_id).data.tags.get("sampled_in_run")
+    if not paths and sampled_in:
+        return _run_grid(client, sampled_in, workdir)
     wanted = [p for p in GRID_ARTIFACTS if p in paths] or sorted(p for p in paths if p.endswith(".png"))[-1:]
     if not wanted:
         raise PipelineError(f"MLflow run {run_id} has no sample grid (samples/*.png); run its sample stage")

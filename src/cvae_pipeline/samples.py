@@ -66,7 +66,9 @@ class SampleSet:
         return cls(images, labels.astype(np.int64), list(classes), sampling)
 
     @staticmethod
-    def generator_uri(directory: Path) -> str | None:
+    def generator(directory: Path) -> dict:
+        """The logged generator that drew the set: ``model_uri`` and, when registered, ``registered_model``
+        and ``version``; empty when the sampling was not tracked."""
         path = Path(directory) / GENERATOR_FILE
         with reading(path, "sample"):
-            return json.loads(path.read_text())["model_uri"] if path.is_file() else None
+            return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,18 +1,21 @@
-"""The run file a stage leaves for the next: which MLflow run it logged to.
+"""The run file each stage leaves: which MLflow run it logged to.
 
-``train`` writes ``models/mlflow_run.json``, ``prior`` ``models/prior_run.json`` (read by ``sample``),
-``sample`` ``reports/sample_run.json`` (read by ``evaluate``) and ``evaluate``
-``reports/evaluate_run.json`` (its run and the registered version). All are kept in git, so an applied
-experiment's later stages log beside its runs. Each stage writes its run file last, after its run has
-ended, and ``dvc.yaml`` declares it with ``cache: false``: DVC then has no cached copy to restore the
-stage from, so a stage killed while its run was open is *run* again by the next ``dvc repro`` (which
-closes the run the kill left RUNNING, see :mod:`.orphans`) instead of having its outputs checked out
-from the cache with the run left RUNNING for ever.
+``train`` writes ``models/mlflow_run.json`` (the later stages nest their runs under it), ``prior``
+``models/prior_run.json``, ``sample`` ``reports/sample_run.json`` (its run and the logged generator)
+and ``evaluate`` ``reports/evaluate_run.json`` (its run and the registered version). All are kept in
+git, so an applied experiment's commit names its runs. None is any stage's dep: a run id is a
+hand-off, not an input, and a new one must not make DVC re-run what follows.
+
+Each stage writes its run file last, after its run has ended, and ``dvc.yaml`` declares it with
+``cache: false``: DVC then has no cached copy to restore the stage from, so a stage killed while its
+run was open is *run* again by the next ``dvc repro`` (which closes the run the kill left RUNNING,
+see :mod:`.orphans`) instead of having its outputs checked out from the cache with the run left
+RUNNING for ever.
 
 A run file holds ids only, never the tracking URI: a tracked file must not carry a machine's path, and
 the store is whatever this machine's ``MLFLOW_TRACKING_URI`` (or its local SQLite file) says. A run id
 this store does not know — a clone that pulled the model from a DVC remote, but not the git-ignored
-``mlflow.db`` — is handled by :func:`.runs.recorded_run`.
+``mlflow.db`` — is handled by :func:`.runs.stage_run`.
 """
 
 from __future__ import annotations

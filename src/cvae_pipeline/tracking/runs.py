@@ -1,10 +1,16 @@
-"""Which MLflow run a stage logs into.
+"""Which MLflow run a stage logs into: always its own, decided without reading shared state.
 
-``train`` starts the run (or resumes its checkpoint's). ``prior``, ``sample`` and ``evaluate`` log into
-the run the previous stage's run file names — unless that run already holds results made with other settings
-(then a new run nested under it), or this store does not know it (a clone that pulled the model from
-a DVC remote but not the git-ignored ``mlflow.db``: then a new top-level run that names the training
-run it came from), or tracking is off (``mlflow.required: false`` and no store: no run at all).
+``train`` starts a top-level run named after the DVC experiment (or re-opens its checkpoint's, when it
+resumes an interrupted run of the same inputs). Every ``prior``, ``sample`` and ``evaluate`` that runs
+starts a new run of its own, nested under the run that trained its model (the id in
+``models/mlflow_run.json``), named ``<experiment> · <stage>`` and carrying every param of
+``params.yaml``. No stage ever re-opens or writes another execution's run, and none decides by reading
+tags another process may be writing: two queued experiments at ``-j 2`` cannot land in one run.
+
+A training run this store does not know (a clone that pulled the model from a DVC remote, but not the
+git-ignored ``mlflow.db``) or one in another MLflow experiment is no parent: the stage's run is then
+top-level and names the training run in its ``trained_in_run`` tag. No store and ``mlflow.required:
+false``: no run at all.
 """
 
 from __future__ import annotations
@@ -16,129 +22,83 @@ from pathlib import Path
 from ..paths import TRAIN_RUN_FILE
 from .handoff import read_run_file
 from .orphans import claim
-from .store import TrackingError, configure, configure_store, shorten
-from .tags import run_tags
+from .store import TrackingError, configure, store_failure, tracking_uri
+from .tags import flatten_params, run_tags
 
 
 def warn_untracked(exc: Exception) -> None:
     print(f"warning: {exc}; going on without MLflow tracking (mlflow.required is false)", flush=True)
 
 
-def _run_name(default: str | None = None) -> str | None:
-    return os.environ.get("DVC_EXP_NAME") or default
+def _experiment_name() -> str | None:
+    return os.environ.get("DVC_EXP_NAME")
+
+
+def _training_run(client, run_id: str | None):
+    """The training run ``run_id`` names, or None when this store does not know it."""
+    import mlflow
+
+    if run_id is None:
+        return None
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise store_failure(tracking_uri(), exc) from None
 
 
 @contextlib.contextmanager
-def recorded_run(
-    required: bool = True,
-    run_file: Path = TRAIN_RUN_FILE,
-    experiment: str = "cvae-cifar10",
-    params: dict[str, str] | None = None,
-    stage: str = "sample",
-):
-    """Re-open the run ``run_file`` names so a later stage logs into it.
+def stage_run(stage: str, params, run_file: Path = TRAIN_RUN_FILE, training_figures: bool = False):
+    """A new run for this execution of ``stage``, nested under the training's run; None when untracked.
 
-    Yields None — the stage skips its logging — when training ran untracked, or when the store is
-    unreachable and ``required`` is False. When the store does not hold that run, yields a new run
-    (in ``experiment``, with ``params``, tagged ``trained_in_run``) instead of failing.
-    """
+    ``params``: the validated ``PipelineParams``; all of them become the run's params, so each run says
+    what its figures were made with, and the MLflow UI compares any two of them side by side.
+    ``training_figures``: copy the training run's ``final_*`` metrics and what it recorded beside the
+    params (``train.precision_used``) in too — the evaluation's run, so one row of ``cvae report`` holds
+    the scores and what the training cost."""
     import mlflow
 
-    info = read_run_file(run_file)
-    if info.get("run_id") is None:
+    trained_in = read_run_file(run_file).get("run_id")
+    if trained_in is None:
         print("note: the training was not tracked in MLflow; nothing to log to", flush=True)
         yield None
         return
     try:
-        configure_store()
-        try:
-            run = mlflow.start_run(run_id=info["run_id"])
-            claim(run.info.run_id)
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that answers, but not usably
-                raise TrackingError(
-                    f"MLflow run {info['run_id']} (from {run_file}) cannot be reopened: {shorten(exc.message)}"
-                ) from None
-            run = None  # this store never had it: the model was trained against another one
-        if run is None:
-            experiment_id = configure(experiment)
-            tags = run_tags(stage) | {"trained_in_run": info["run_id"]}
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(), tags=tags)
-            if params:
-                mlflow.log_params(params)
-            print(
-                f"note: MLflow run {info['run_id']} (from {run_file}) is not in this store (the model was "
-                f"trained against another one); logging to new run {run.info.run_id}",
-                flush=True,
-            )
+        experiment_id = configure(params.mlflow.experiment)
     except TrackingError as exc:
-        if required:
+        if params.mlflow.required:
             raise
         warn_untracked(exc)
         yield None
         return
-    with run:
+    parent = _training_run(mlflow.MlflowClient(), trained_in)
+    tags = run_tags(stage) | {"trained_in_run": trained_in}
+    if parent is not None and parent.info.experiment_id == experiment_id:
+        tags["mlflow.parentRunId"] = trained_in
+    name = f"{_experiment_name() or (parent.info.run_name if parent else trained_in[:8])} · {stage}"
+    flat = flatten_params(params.model_dump())
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
+        mlflow.log_params(flat)
+        if parent is not None and training_figures:
+            mlflow.log_params({k: v for k, v in parent.data.params.items() if k not in flat})
+            mlflow.log_metrics({k: v for k, v in parent.data.metrics.items() if k.startswith("final_")})
+        if parent is None:
+            print(
+                f"note: training run {trained_in} is not in this store's experiment "
+                f"'{params.mlflow.experiment}'; logging to top-level run {run.info.run_id}",
+                flush=True,
+            )
         yield run
 
 
-@contextlib.contextmanager
-def results_run(
-    stage: str,
-    settings: dict[str, str],
-    required: bool = True,
-    run_file: Path = TRAIN_RUN_FILE,
-    experiment: str = "cvae-cifar10",
-    params: dict[str, str] | None = None,
-):
-    """The run a stage logs its results under ``settings`` (``{"sample.temperature": "0.8", ...}``) into.
-
-    That is the run ``run_file`` names (the training's, for ``sample``) — unless that run already
-    holds results made with other values of those settings. Then it is a new run nested under it
-    (``mlflow.parentRunId``), named after the DVC experiment, carrying the parent's params with the
-    new settings and its final training metrics. Why: ``dvc exp run -S sample.temperature=0.8`` re-runs
-    only ``sample`` and ``evaluate`` on the same trained model; logging into the training's run would
-    overwrite the first experiment's FID, and the MLflow UI could no longer show the two side by side.
-    """
-    import mlflow
-
-    with recorded_run(required, run_file, experiment, params, stage) as parent:
-        if parent is None:
-            yield None
-            return
-        recorded = {key: parent.data.tags[key] for key in settings if key in parent.data.tags}
-        changed = {key: settings[key] for key, value in recorded.items() if settings[key] != value}
-        if not changed:
-            yield parent
-            return
-        name = _run_name(f"{parent.info.run_name} " + ", ".join(f"{key}={value}" for key, value in changed.items()))
-        # what the parent's results were made with, for the runs downstream of it; a new prior's run holds no
-        # samples yet, so it inherits none of the parent's sampling tags (sample would think it held some)
-        downstream = () if stage == "prior" else ("prior.", "sample.", "samples.")
-        inherited = {key: value for key, value in parent.data.tags.items() if downstream and key.startswith(downstream)}
-        tags = (
-            inherited | run_tags(stage) | {"trained_in_run": parent.data.tags.get("trained_in_run", parent.info.run_id)}
-        )
-        with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=name, nested=True, tags=tags) as child:
-            mlflow.log_params({**parent.data.params, **{k: v for k, v in settings.items() if k in parent.data.params}})
-            mlflow.log_metrics({key: value for key, value in parent.data.metrics.items() if key.startswith("final_")})
-            was = ", ".join(f"{k}: {recorded[k]}" for k in changed)
-            print(
-                f"MLflow run {parent.info.run_id} holds results of other settings ({was}); "
-                f"logging to new run {child.info.run_id}, nested under it",
-                flush=True,
-            )
-            yield child
-
-
 def start_training_run(extra: dict, history: list[dict], params, params_file: Path):
-    """The MLflow run of a training: the checkpoint's (``extra["mlflow_run_id"]``, when resuming) or a
-    new one named after the DVC experiment, with the params and ``params.yaml`` attached. A new run
-    for a checkpoint that already has epochs (it trained untracked, or its run is gone) gets the
-    per-epoch metrics of those epochs, so it does not end FINISHED with nothing but final figures.
-    None when tracking is off (``mlflow.required: false`` and the store unreachable)."""
+    """The MLflow run of a training: the checkpoint's (``extra["mlflow_run_id"]``) when this resumes an
+    interrupted run, or a new one named after the DVC experiment, with the params and ``params.yaml``
+    attached. A new run for a checkpoint that already has epochs (they trained untracked, or their run is
+    gone) gets the per-epoch metrics of those epochs. None when tracking is off (``mlflow.required:
+    false`` and the store unreachable)."""
     import mlflow
-
-    from .tags import flatten_params
 
     try:
         experiment_id = configure(params.mlflow.experiment)
@@ -147,15 +107,21 @@ def start_training_run(extra: dict, history: list[dict], params, params_file: Pa
             raise
         warn_untracked(exc)
         return None
-    if run_id := extra.get("mlflow_run_id"):
+    client = mlflow.MlflowClient()
+    run_id = extra.get("mlflow_run_id")
+    if run_id and _training_run(client, run_id) is None:
+        print(f"note: MLflow run {run_id} of the checkpoint is gone; starting a new run")
+        run_id = None
+    if run_id:  # the interrupted run goes on; a write that fails now is a failure, not a missing run
+        run = mlflow.start_run(run_id=run_id)
         try:
-            run = mlflow.start_run(run_id=run_id)
             claim(run_id)
             backfill_epochs(history)
-            return run
-        except mlflow.exceptions.MlflowException:
-            print(f"note: MLflow run {run_id} of the checkpoint is gone; starting a new run")
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(), tags=run_tags("train"))
+        except mlflow.exceptions.MlflowException as exc:
+            mlflow.end_run("FAILED")
+            raise store_failure(tracking_uri(), exc) from None
+        return run
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=_experiment_name(), tags=run_tags("train"))
     mlflow.log_params(flatten_params(params.model_dump()))
     if Path(params_file).is_file():
         mlflow.log_artifact(str(params_file), artifact_path="pipeline")

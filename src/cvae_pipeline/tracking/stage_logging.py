@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .registry import register_evaluated_model
+from .registry import record_scores, register_generator
 from .tags import flatten_metrics
 
 
@@ -16,9 +16,11 @@ def log_samples(
     classes: list[str],
     prior_file: Path | None,
     sampler_settings: dict,
-) -> str:
+    registered_model: str | None,
+) -> dict:
     """The sample grid, the sampling settings as tags, and the generator that draws what was sampled
-    (the model with its fitted prior, at the scored sampler settings); returns the generator's model URI."""
+    (the model with its fitted prior, at the scored sampler settings), registered as ``registered_model``;
+    returns the generator's record (``model_uri``, ``registered_model``, ``version``)."""
     import mlflow
 
     from ..serving import log_generator
@@ -27,7 +29,12 @@ def log_samples(
     mlflow.set_tags(settings)
     mlflow.set_tags({f"samples.{key}": sampling[key] for key in ("latents", "images", "precision") if key in sampling})
     info = log_generator(model_file, classes, "generator", prior_file, sampler_settings, sampling["latents"])
-    return info.model_uri
+    record = {"model_uri": info.model_uri, "sampled_in_run": mlflow.active_run().info.run_id}
+    if registered_model:
+        version = register_generator(registered_model, info.model_uri, record["sampled_in_run"])
+        record |= {"registered_model": registered_model, "version": version}
+        print(f"registered the generator as model '{registered_model}' version {version}")
+    return record
 
 
 def log_evaluation(
@@ -36,12 +43,10 @@ def log_evaluation(
     settings: dict[str, str],
     protocol: str,
     metrics_file: Path,
-    generator_uri: str | None,
-    registered_model: str | None,
-):
+    generator: dict,
+) -> None:
     """Every metric, the metrics file and the pipeline definition as of this stage, the settings as tags;
-    then the generator that made the samples goes to the registry with its scores. Returns the
-    registered version (None when not registering)."""
+    then the scores go into the registered version of the generator that made the samples."""
     import mlflow
 
     mlflow.log_metrics(flatten_metrics(metrics))
@@ -50,9 +55,10 @@ def log_evaluation(
         if Path(pipeline_file).is_file():
             mlflow.log_artifact(pipeline_file, artifact_path="pipeline")
     mlflow.set_tags({"fid_protocol": protocol, **settings})
+    if generator.get("sampled_in_run"):  # the run holding the sample grid and the generator
+        mlflow.set_tag("sampled_in_run", generator["sampled_in_run"])
     for group in ("samples", "features"):  # how the samples were drawn and their features computed
         if group in metrics:
             mlflow.set_tags({f"{group}.{k}": str(v) for k, v in metrics[group].items()})
-    if registered_model and generator_uri:
-        return register_evaluated_model(registered_model, generator_uri, run.info.run_id, metrics, protocol)
-    return None
+    if generator.get("version"):
+        record_scores(generator["registered_model"], generator["version"], run.info.run_id, metrics, protocol)

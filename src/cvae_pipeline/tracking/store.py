@@ -68,9 +68,14 @@ def check_scheme(uri: str) -> None:
         )
 
 
-def _status(text: str) -> int | None:
-    """The HTTP status in an MLflow REST error ("error code 403 != 200", "too many 503 error responses")."""
-    match = re.search(r"error code (\d{3})|too many (\d{3}) error responses", text)
+def _status(exc: Exception) -> int | None:
+    """The HTTP status of a failed MLflow call: typed where MLflow gives it (an ``MlflowException``'s
+    error code, e.g. PERMISSION_DENIED -> 403), else read from the REST client's wording ("error code 403
+    != 200", "too many 503 error responses")."""
+    error_code = getattr(exc, "error_code", None)
+    if error_code not in (None, "INTERNAL_ERROR") and hasattr(exc, "get_http_status_code"):
+        return exc.get_http_status_code()
+    match = re.search(r"error code (\d{3})|too many (\d{3}) error responses", str(exc))
     return int(match.group(1) or match.group(2)) if match else None
 
 
@@ -78,7 +83,7 @@ def store_failure(uri: str, exc: Exception) -> TrackingError:
     """One line for a store that cannot be used, naming the cause and what to do about it."""
     text = str(exc)
     cause = shorten(text) or type(exc).__name__
-    status = _status(text)
+    status = _status(exc)
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 401:
         who = f"the credentials of user '{user}'" if user else "requests without credentials"
