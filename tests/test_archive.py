@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from archives import make_archive_with_member, make_batches_archive, make_image_folder_archive
 
-from cvae_pipeline.data.archive import MAX_EXTRACTED_BYTES, extract_atomically
+from cvae_pipeline.data.archive import MAX_ENTRIES, MAX_EXTRACTED_BYTES, extract_atomically
 from cvae_pipeline.data.readers import detect_layout
 from cvae_pipeline.errors import ArchiveError
 
@@ -141,3 +141,20 @@ def test_an_archive_claiming_more_than_the_cap_is_refused_before_extracting(tmp_
     with pytest.raises(ArchiveError, match="unpacks to more than 2 GiB"):
         extract_atomically(archive, target)
     assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["claims.tar"]
+
+
+def test_an_archive_of_too_many_entries_is_refused_before_anything_is_extracted(tmp_path, monkeypatch):
+    """300,000 empty entries gzip to a few MB and would cost a minute and as many inodes before the layout
+    check refused them: the entries are counted from the headers first (CIFAR-10 holds 60,000 files)."""
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for i in range(MAX_ENTRIES + 1):
+            tar.addfile(tarfile.TarInfo(f"train/cat/{i}.jpg"))
+
+    def extracts(*args, **kwargs):
+        raise AssertionError("extraction started")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extracts)
+    with pytest.raises(ArchiveError, match=rf"more than {MAX_ENTRIES:,} entries \(nothing was extracted\)"):
+        extract_atomically(archive, tmp_path / "raw", validate=detect_layout)
+    assert leftovers(tmp_path) == []

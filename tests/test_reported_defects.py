@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,17 +43,43 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 # --- atomic outputs --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "rename-aside"])
-@pytest.mark.parametrize("dies_in", ["os.replace", "shutil.rmtree"])
-def test_replacing_a_directory_leaves_old_or_new_whenever_it_stops(tmp_path, monkeypatch, exchange, dies_in):
-    """A kill between "delete the old output" and "rename the new one into place" used to leave neither;
-    here the process dies at the first rename or deletion that touches an output (never a
-    temporary folder's own clean-up)."""
+@pytest.mark.parametrize("dies", ["before", "after"])
+def test_a_death_at_the_atomic_exchange_leaves_old_or_new(tmp_path, monkeypatch, dies):
+    """The fault reaches ``renameat2(RENAME_EXCHANGE)`` itself: the process dies just before or just after
+    the real exchange of the new output with the old (and the test checks that the exchange really ran
+    here: a system without it would test the rename-aside path below instead)."""
     target = tmp_path / "out"
     with atomic_io.atomic_directory(target) as tmp:
         (tmp / "old").write_text("old")
-    if not exchange:
-        monkeypatch.setattr(atomic_io, "_exchange", lambda a, b: False)
+    real, exchanged = atomic_io._exchange, []
+
+    def exchange_then_die(a, b):
+        if dies == "after":
+            exchanged.append(real(a, b))
+        raise KeyboardInterrupt  # the process is gone here
+
+    monkeypatch.setattr(atomic_io, "_exchange", exchange_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_io.atomic_directory(target) as tmp:
+            (tmp / "new").write_text("new")
+    if dies == "after":
+        assert exchanged == [True], "renameat2 did not exchange here; the test would not reach it"
+    monkeypatch.setattr(atomic_io, "_exchange", real)
+    atomic_io.recover_directory(target)  # what the next write of this output does first
+    assert sorted(p.name for p in target.iterdir()) == (["new"] if dies == "after" else ["old"])
+    with atomic_io.atomic_directory(target) as tmp:  # and the next write cleans up and succeeds
+        (tmp / "next").write_text("next")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "next").is_file()
+
+
+@pytest.mark.parametrize("dies_in", ["os.replace", "shutil.rmtree"])
+def test_replacing_a_directory_without_the_exchange_leaves_old_or_new_whenever_it_stops(tmp_path, monkeypatch, dies_in):
+    """Where the system has no atomic exchange: a kill between "rename the old output aside" and "rename the
+    new one into place" (or during the old one's deletion) leaves old or new, never neither."""
+    target = tmp_path / "out"
+    with atomic_io.atomic_directory(target) as tmp:
+        (tmp / "old").write_text("old")
+    monkeypatch.setattr(atomic_io, "_exchange", lambda a, b: False)
     module_name, name = dies_in.split(".")
     module = {"os": os, "shutil": shutil}[module_name]
     real = getattr(module, name)
@@ -63,14 +90,71 @@ def test_replacing_a_directory_leaves_old_or_new_whenever_it_stops(tmp_path, mon
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(module, name, dies)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         with atomic_io.atomic_directory(target) as tmp:
             (tmp / "new").write_text("new")
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(module, name, real)
-    atomic_io.recover_directory(target)  # what the next write of this output does first
+    atomic_io.recover_directory(target)
     assert sorted(p.name for p in target.iterdir()) in (["old"], ["new"])
+
+
+def test_a_writer_leaves_another_live_writers_temporary_file_alone(tmp_path):
+    """Parallel ``evaluate``s fill the one FID-network cache: a writer clears the litter of dead writers,
+    never the temporary file another process is still writing."""
+    target = tmp_path / "weights.bin"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        writing = tmp_path / f".weights.bin.tmp-{live.pid}-abc"
+        litter = tmp_path / f".weights.bin.tmp-{dead.stdout.strip()}-def"
+        old_style = tmp_path / ".weights.bin.tmp-xyz"  # named by an older version: no writer to ask
+        for path in (writing, litter, old_style):
+            path.write_text("partial")
+        with atomic_io.atomic_file(target) as tmp:
+            tmp.write_text("whole")
+        assert writing.exists() and not litter.exists() and not old_style.exists()
+        assert target.read_text() == "whole"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_too_few_latents_for_the_gmm_is_one_line_naming_the_knob():
+    from cvae_pipeline.prior.gmm import ClassGMM
+
+    latents, labels = np.zeros((6, 4), np.float32), np.repeat(np.arange(3), 2)
+    with pytest.raises(PipelineError, match=r"class 0 has 2 encoded images, fewer than prior.gmm_components=3"):
+        ClassGMM.fit(latents, labels, 3, components=3)
+
+
+def test_queued_stages_take_the_cores_in_turns(tmp_path):
+    """Two stage processes of queued experiments (their workspaces under .dvc/tmp/exps/) run one after the
+    other, each with every core, instead of both at once; with OMP_NUM_THREADS set they overlap."""
+    code = (
+        "import time, sys\n"
+        "from cvae_pipeline.stage import run_stage\n"
+        "def main():\n"
+        "    start = time.time(); time.sleep(1.5); print(start, time.time())\n"
+        "run_stage(main)\n"
+    )
+
+    def two_at_once(env_extra: dict) -> list[tuple[float, float]]:
+        procs = []
+        for name in ("tmpa", "tmpb"):
+            ws = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / name
+            ws.mkdir(parents=True, exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(REPO / "src")}
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code], cwd=ws, env=env | env_extra, stdout=subprocess.PIPE, text=True
+                )
+            )
+        return sorted(tuple(map(float, p.communicate(timeout=60)[0].split()[-2:])) for p in procs)
+
+    (start_a, end_a), (start_b, _) = two_at_once({})
+    assert start_b >= end_a, "two queued stages ran at once"
+    (start_a, end_a), (start_b, _) = two_at_once({"OMP_NUM_THREADS": "1"})
+    assert start_b < end_a, "stages whose threads are already divided waited for each other"
 
 
 # --- devices ---------------------------------------------------------------------------------------
@@ -220,24 +304,42 @@ def test_history_names_the_weighted_objective_and_the_plain_bound_apart(tmp_path
 # --- tracking ---------------------------------------------------------------------------------------
 
 
-def test_resuming_an_untracked_finished_checkpoint_logs_its_history(tmp_path):
-    """Trained while the store was unreachable (mlflow.required false), re-run once it is back: the new
-    run gets the epochs' metrics and a grid, not only the final_* figures."""
-    import mlflow
-    from conftest import free_port
+@pytest.mark.slow
+def test_resuming_an_untracked_interrupted_checkpoint_logs_its_history(tmp_path):
+    """Training while the store was unreachable (mlflow.required false) and killed after a checkpoint, then
+    re-run once the store is back: the resumed training's new run gets the untracked epochs' metrics too,
+    not a curve that starts half-way."""
+    import signal
 
-    ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 2, "batch_size": 64})
+    import mlflow
+    from conftest import clean_env, free_port
+
+    epochs = 4
+    ws = train_workspace(
+        tmp_path / "ws",
+        {"backbone": "conv", "width": 16, "latent_dim": 16, "latent_resolution": 1},
+        {"epochs": epochs, "batch_size": 32, "precision": "fp32"},
+        train_per_class=60,
+    )
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["mlflow"]["required"] = False
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    untracked = run_stage("train", ws, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
-    assert untracked.returncode == 0, untracked.stderr
+    unreachable = clean_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=ws, env=unreachable)
+    checkpoint = ws / "models" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trained_untracked = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= trained_untracked < epochs, "the run finished before it could be killed; make it longer"
     back = run_stage("train", ws)
     assert back.returncode == 0, back.stderr
+    assert f"logged the {trained_untracked} epochs the checkpoint trained untracked" in back.stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
     run_id = json.loads((ws / "models" / "mlflow_run.json").read_text())["run_id"]
-    assert [m.step for m in client.get_metric_history(run_id, "val_neg_elbo")] == [1, 2]
-    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0002.png"}
+    assert [m.step for m in client.get_metric_history(run_id, "val_neg_elbo")] == list(range(1, epochs + 1))
 
 
 def test_run_file_holds_no_machine_path(tmp_path):
@@ -285,9 +387,9 @@ def test_a_long_cause_is_cut_at_a_word_not_mid_word():
     assert cut.endswith(" …") and cut[:-2] == cut[:-2].rstrip() and cut.split()[-2] in ("connection", "refused")
 
 
-def test_sampling_into_the_training_run_logs_no_param_conflict(tmp_path):
-    """The training logs a generator at temperature 1, sample one at sample.temperature into the same
-    run: the generators' settings must not become run params that clash ("temperature" 1.0 vs 0.85)."""
+def test_the_sampled_generator_logs_no_param_conflict(tmp_path):
+    """The generator's own settings (its serving defaults) must not become run params that clash with the
+    pipeline's ("temperature" vs "sample.temperature")."""
     import mlflow
 
     ws = train_workspace(tmp_path / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
@@ -300,7 +402,7 @@ def test_sampling_into_the_training_run_logs_no_param_conflict(tmp_path):
     sampled = run_stage("sample", ws)
     assert sampled.returncode == 0, sampled.stderr
     assert "Failed to log model config" not in sampled.stdout + sampled.stderr
-    run_id = json.loads((ws / "models" / "mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((ws / "reports" / "sample_run.json").read_text())["run_id"]
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}").get_run(run_id)
     assert "temperature" not in run.data.params and run.data.params["sample.temperature"] == "0.85"
     generator = json.loads((ws / "data" / "samples" / "generator.json").read_text())["model_uri"]

@@ -61,11 +61,31 @@ def recover_directory(target: str | os.PathLike) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def _temp_prefix(target: Path) -> str:
+    """A temporary sibling's name carries its writer's pid: several processes may write one path at once
+    (parallel ``evaluate``s filling the shared FID-network cache), and none may delete another's."""
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def _writer_alive(stale: Path, target: Path) -> bool:
+    pid = stale.name.removeprefix(f".{target.name}.tmp-").partition("-")[0]
+    if not pid.isdigit():
+        return False  # no writer named (or an older name): litter
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's
+    return True
+
+
 def _remove_stale_siblings(target: Path) -> None:
-    """Temporary siblings of ``target`` that a killed writer (``kill -9``, a power cut) left behind:
-    one process writes an output at a time (DVC runs a stage once per workspace), so any that exist
-    now are litter, never a write in progress."""
+    """Temporary siblings of ``target`` that a killed writer (``kill -9``, a power cut) left behind; a
+    sibling whose writer still runs is a write in progress, and stays."""
     for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        if _writer_alive(stale, target):
+            continue
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
@@ -95,7 +115,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(target)
     _remove_stale_siblings(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
     os.chmod(tmp, _default_mode(directory=True))
     try:
         try:
@@ -123,7 +143,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     os.chmod(tmp, _default_mode(directory=False))
     try:

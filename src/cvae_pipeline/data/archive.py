@@ -25,6 +25,10 @@ from ..io import atomic_directory
 #: what an archive may unpack to in all: CIFAR-10 is under 200 MB in either layout; the cap stops a
 #: decompression bomb (or a header that lies about a size) before it fills the disk
 MAX_EXTRACTED_BYTES = 2 * 1024**3
+#: entries an archive may hold: CIFAR-10 has 60,000 images and a few folders. Counted from the headers
+#: before anything is extracted, so an archive of empty entries (a few MB of gzip that unpacks to
+#: hundreds of thousands of inodes) is refused without writing one
+MAX_ENTRIES = 100_000
 
 
 def _strict_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo]:
@@ -72,6 +76,12 @@ def extract_tar(archive: Path, dest: Path) -> None:
                 "point data.sources at a CIFAR-10 tarball"
             )
         with tarfile.open(archive, mode="r:*", errorlevel=2) as tar:
+            for count, _ in enumerate(tar, start=1):  # reads headers only, and stops at the cap
+                if count > MAX_ENTRIES:
+                    raise ArchiveError(
+                        f"{archive}: refused: it holds more than {MAX_ENTRIES:,} entries (nothing was extracted); "
+                        "a CIFAR-10 archive holds about 60,000 files"
+                    )
             tar.extractall(dest, filter=_strict_filter(archive))
             while tar.fileobj.read(1 << 20):  # to the end: the decompressor verifies its checksum there
                 pass

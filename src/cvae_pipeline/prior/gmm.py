@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import PipelineError
+
 
 class ClassGMM:
     """Per-class full-covariance Gaussian mixtures over the latent space."""
@@ -34,7 +36,7 @@ class ClassGMM:
         for c in range(num_classes):
             z = latents[labels == c]
             if len(z) < components:
-                raise ValueError(
+                raise PipelineError(
                     f"class {c} has {len(z)} encoded images, fewer than prior.gmm_components="
                     f"{components}; lower prior.gmm_components"
                 )
