@@ -328,7 +328,9 @@ PROBE_COLUMNS = {
 
 
 def results_table(experiment: str, names: list[str], columns: dict[str, str] = COLUMNS) -> str:
-    """A markdown table of the newest finished run of each name that has been evaluated, in ``names`` order."""
+    """A markdown table of the newest finished evaluation of each experiment name, in ``names`` order (an
+    evaluation's run is named ``<experiment> · evaluate`` and tagged ``dvc_experiment``; runs of older
+    versions of the pipeline carry the experiment's name itself)."""
     import mlflow
 
     from cvae_pipeline import tracking
@@ -339,7 +341,7 @@ def results_table(experiment: str, names: list[str], columns: dict[str, str] = C
     newest = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         if run.info.status == "FINISHED" and "fid" in run.data.metrics:
-            newest[run.info.run_name] = run
+            newest[run.data.tags.get("dvc_experiment") or run.info.run_name] = run
     lines = ["| row | " + " | ".join(columns.values()) + " | samples |", "|---" * (len(columns) + 2) + "|"]
     for name in names:
         run = newest.get(name)

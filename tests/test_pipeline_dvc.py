@@ -313,10 +313,11 @@ def test_a_queued_guidance_sweep_gets_a_run_and_a_version_for_each_guidance(dvc_
     evaluations = {r.data.params["sample.guidance"]: r for r in new if r.data.tags["stage"] == "evaluate"}
     samplings = {r.data.params["sample.guidance"]: r for r in new if r.data.tags["stage"] == "sample"}
     assert set(evaluations) == set(samplings) == {"2.0", "4.0"}
-    shown = {
-        str(float(row["params"]["params.yaml"]["data"]["sample"]["guidance"])): row["metrics"]["reports/metrics.json"]
-        for row in walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)))
-        if row.get("name") in {r.data.tags["dvc_experiment"] for r in new}
+    named = walk_exp_show(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_repo)), names=True)
+    shown = {  # dvc exp show's FID of each queued experiment, by its guidance
+        str(float(data["params"]["params.yaml"]["data"]["sample"]["guidance"])): data["metrics"]["reports/metrics.json"]
+        for name, data in named
+        if name in {r.data.tags["dvc_experiment"] for r in new}
     }
     client = mlflow_client(dvc_repo)
     versions = [v for v in client.search_model_versions("name='cvae-cifar10'") if v.version not in versions_before]
@@ -336,14 +337,15 @@ def train_settings(row: dict) -> tuple[str, str]:
     return str(train["lr"]), train["precision"]
 
 
-def walk_exp_show(rows: list) -> list[dict]:
-    """Every revision's ``data`` in ``dvc exp show --json`` (baselines and their experiments)."""
+def walk_exp_show(rows: list, names: bool = False) -> list:
+    """Every revision's ``data`` in ``dvc exp show --json`` (baselines and their experiments); with
+    ``names``, ``(name, data)`` pairs."""
     found = []
     for row in rows:
         if row.get("data"):
-            found.append(row["data"])
+            found.append((row.get("name"), row["data"]) if names else row["data"])
         for exp in row.get("experiments") or []:
-            found.extend(walk_exp_show(exp.get("revs", [])))
+            found.extend(walk_exp_show(exp.get("revs", []), names))
     return found
 
 
