@@ -93,7 +93,7 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     )
     # the registered model is the generator the sample stage logged with its prior: it serves what was scored
     generator = json.loads((dvc_repo / "data" / "samples" / "generator.json").read_text())
-    assert version.source == generator["model_uri"] and generator["version"] == version.version
+    assert version.source == generator["model_uri"] and generator["version"] == str(version.version)
     logged = client.get_logged_model(generator["model_uri"].removeprefix("models:/"))
     assert logged.source_run_id == sampled.info.run_id and logged.name == "generator"
     assert not (dvc_repo / "models" / "checkpoints" / "last.pt").exists()  # finished stages leave no resume file
