@@ -297,7 +297,7 @@ def test_a_queued_guidance_sweep_gets_a_run_and_a_version_for_each_guidance(dvc_
     time. Neither experiment re-runs train or prior (only ``sample.*`` changed); each gets its own sample and
     evaluation runs with its own guidance and FID — none lands in another's run — and the registry one
     version per generator, registered once although both ran at the same time."""
-    sh("dvc", "exp", "run", "-n", "reseeded-prior", "-S", "prior.seed=1", "prior", cwd=dvc_repo)
+    sh("dvc", "exp", "run", "-n", "reseeded-prior", "-S", "prior.seed=1", cwd=dvc_repo)
     before = {r.info.run_id for r in mlflow_runs(dvc_repo)}
     versions_before = {v.version for v in mlflow_client(dvc_repo).search_model_versions("name='cvae-cifar10'")}
     sh("dvc", "exp", "run", "--queue", "-S", "sample.guidance=2,4", cwd=dvc_repo)
