@@ -188,6 +188,26 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return {**env, **overrides}
 
 
+def kill_at_first_checkpoint(command: list[str], workspace: Path, env: dict[str, str]) -> int:
+    """Start a training ``command`` in ``workspace``, ``kill -9`` it and every process it started (torchrun's
+    workers run in sessions of their own) once its first checkpoint is written; the checkpoint's epoch."""
+    import psutil
+    import torch
+
+    proc = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = workspace / "models" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        launcher = psutil.Process(proc.pid)
+        for process in [*launcher.children(recursive=True), launcher]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    proc.wait()
+    return torch.load(checkpoint, weights_only=True)["epoch"]
+
+
 def run_stage(stage: str, cwd: Path, *args: str, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
     """Run ``stages/<stage>.py`` as DVC would (a subprocess in the workspace)."""
     return subprocess.run(

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, clean_env, train_workspace
+from conftest import REPO, clean_env, kill_at_first_checkpoint, train_workspace
 
 from cvae_pipeline.batches import BatchStream
 from cvae_pipeline.errors import PipelineError
@@ -77,25 +77,13 @@ def test_torchrun_two_cpu_processes_train_one_model_tracked_once(tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "val_neg_elbo")) == 2
 
 
-def torchrun(workspace, **popen):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.Popen(
-        [*command, str(REPO / "stages" / "train.py")],
-        cwd=workspace,
-        env=clean_env(OMP_NUM_THREADS="1"),
-        text=True,
-        **popen,
-    )
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.mark.slow
 def test_a_killed_two_process_torchrun_resumes_to_the_uninterrupted_weights(tmp_path):
     """Each process draws its own latent noise; the checkpoint holds every process's generator, and each
     resumes its own — not the first epoch's noise again (a reseed after resuming replayed it)."""
-    import time
-
-    import psutil
-
     epochs = 6
     settings = (
         {"backbone": "conv", "width": 16, "latent_dim": 16, "latent_resolution": 1},
@@ -103,23 +91,15 @@ def test_a_killed_two_process_torchrun_resumes_to_the_uninterrupted_weights(tmp_
     )
     killed = train_workspace(tmp_path / "killed", *settings, train_per_class=60)
     clean = train_workspace(tmp_path / "clean", *settings, train_per_class=60)
-    proc = torchrun(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "models" / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    launcher = psutil.Process(proc.pid)
-    for process in [*launcher.children(recursive=True), launcher]:  # the workers run in sessions of their own
-        process.kill()
-    proc.wait()
-    epoch_at_kill = torch.load(checkpoint, weights_only=True)["epoch"]
+    command, env = [*TORCHRUN, str(REPO / "stages" / "train.py")], clean_env(OMP_NUM_THREADS="1")
+    epoch_at_kill = kill_at_first_checkpoint(command, killed, env)
     assert 1 <= epoch_at_kill < epochs, "the run finished before it could be killed; make it longer"
 
     for workspace in (killed, clean):
-        out, err = (done := torchrun(workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE)).communicate(600)
-        assert done.returncode == 0, out[-3000:] + err[-3000:]
+        done = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         if workspace == killed:
-            assert f"resuming from models/checkpoints/last.pt after epoch {epoch_at_kill}/{epochs}" in out
+            assert f"resuming from models/checkpoints/last.pt after epoch {epoch_at_kill}/{epochs}" in done.stdout
     a = torch.load(killed / "models" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(clean / "models" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

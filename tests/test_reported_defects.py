@@ -309,10 +309,8 @@ def test_resuming_an_untracked_interrupted_checkpoint_logs_its_history(tmp_path)
     """Training while the store was unreachable (mlflow.required false) and killed after a checkpoint, then
     re-run once the store is back: the resumed training's new run gets the untracked epochs' metrics too,
     not a curve that starts half-way."""
-    import signal
-
     import mlflow
-    from conftest import clean_env, free_port
+    from conftest import clean_env, free_port, kill_at_first_checkpoint
 
     epochs = 4
     ws = train_workspace(
@@ -325,14 +323,7 @@ def test_resuming_an_untracked_interrupted_checkpoint_logs_its_history(tmp_path)
     params["mlflow"]["required"] = False
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     unreachable = clean_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "train.py")], cwd=ws, env=unreachable)
-    checkpoint = ws / "models" / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    trained_untracked = torch.load(checkpoint, weights_only=True)["epoch"]
+    trained_untracked = kill_at_first_checkpoint([sys.executable, str(REPO / "stages" / "train.py")], ws, unreachable)
     assert 1 <= trained_untracked < epochs, "the run finished before it could be killed; make it longer"
     back = run_stage("train", ws)
     assert back.returncode == 0, back.stderr

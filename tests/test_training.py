@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, clean_env, make_prepared, model_params, run_stage, train_params, train_workspace
+from conftest import (
+    REPO,
+    clean_env,
+    kill_at_first_checkpoint,
+    make_prepared,
+    model_params,
+    run_stage,
+    train_params,
+    train_workspace,
+)
 
 from cvae_pipeline.batches import BatchStream
 from cvae_pipeline.data.prepared import load_prepared
@@ -249,20 +255,7 @@ def test_killed_stage_resumes_to_the_same_weights(tmp_path):
     )
     killed = train_workspace(tmp_path / "killed", *settings, train_per_class=60)
     clean = train_workspace(tmp_path / "clean", *settings, train_per_class=60)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "train.py")],
-        cwd=killed,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    checkpoint = killed / "models" / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    epoch_at_kill = torch.load(checkpoint, weights_only=True)["epoch"]
+    epoch_at_kill = kill_at_first_checkpoint([sys.executable, str(REPO / "stages" / "train.py")], killed, clean_env())
     assert 1 <= epoch_at_kill < 4, "the run finished before it could be killed; make it longer"
     assert not (killed / "models" / "model.pt").exists()
 
