@@ -206,12 +206,16 @@ def test_a_damaged_raw_image_names_itself_and_the_download_stage(restored, untra
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_training_reaches_the_same_model(restored, untracked):
-    """The resume file is a cache: damaged, it is named in a warning and training starts over, to
-    the very same weights (training is deterministic for its seed)."""
+    """The resume file is a cache: damaged (where an interrupted run left it), it is named in a warning and
+    training starts over, to the very same weights (training is deterministic for its seed)."""
     model_before = sha256(restored / paths.MODEL_FILE)
-    damage(restored / paths.CHECKPOINT, "truncated")
+    checkpoint = restored / paths.CHECKPOINT
+    assert not checkpoint.exists()  # the completed training left none
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes((restored / paths.MODEL_FILE).read_bytes())  # a torch file, then damaged
+    damage(checkpoint, "truncated")
     result = run_stage("train", restored, env=untracked)
     assert result.returncode == 0, result.stderr
     assert f"warning: ignoring unreadable checkpoint {paths.CHECKPOINT}" in result.stdout
-    assert sha256(restored / paths.MODEL_FILE) == model_before
+    assert sha256(restored / paths.MODEL_FILE) == model_before and not checkpoint.exists()
     tally("rotten files (stages)", "resume file set aside, same model")

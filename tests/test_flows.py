@@ -13,6 +13,7 @@ from conftest import make_prepared, model_params, run_stage, train_params, train
 from torch.distributions import Normal
 
 from cvae_pipeline.data.prepared import load_prepared
+from cvae_pipeline.errors import PipelineError
 from cvae_pipeline.models import build_model
 from cvae_pipeline.models.base import gaussian_kl
 from cvae_pipeline.models.flows import AffineCoupling, FlowPrior, IAFStep, PlanarStep, PosteriorFlow
@@ -184,7 +185,7 @@ def test_class_gmm_samples_follow_each_class_and_temperature():
     cold = gmm.sample(y, 0.0, torch.Generator().manual_seed(0))
     assert cold[:500].std(0).max().item() < 0.5  # only the component means remain
     assert torch.equal(z, gmm.sample(y, 1.0, torch.Generator().manual_seed(0)))
-    with pytest.raises(ValueError, match="gmm_components"):
+    with pytest.raises(PipelineError, match="gmm_components"):
         ClassGMM.fit(latents[:5], labels[:5], 1, components=10)
 
 

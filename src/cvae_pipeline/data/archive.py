@@ -76,12 +76,14 @@ def extract_tar(archive: Path, dest: Path) -> None:
                 "point data.sources at a CIFAR-10 tarball"
             )
         with tarfile.open(archive, mode="r:*", errorlevel=2) as tar:
-            for count, _ in enumerate(tar, start=1):  # reads headers only, and stops at the cap
+            check = _strict_filter(archive)
+            for count, member in enumerate(tar, start=1):  # headers only: refused here, nothing is extracted
                 if count > MAX_ENTRIES:
                     raise ArchiveError(
                         f"{archive}: refused: it holds more than {MAX_ENTRIES:,} entries (nothing was extracted); "
                         "a CIFAR-10 archive holds about 60,000 files"
                     )
+                check(member, str(dest))  # its size, kind and name, before the next header is sought past it
             tar.extractall(dest, filter=_strict_filter(archive))
             while tar.fileobj.read(1 << 20):  # to the end: the decompressor verifies its checksum there
                 pass

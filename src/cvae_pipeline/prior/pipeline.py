@@ -111,7 +111,8 @@ def _train_diffusion(params, model, classes, encoded, device, track: bool):
     if track:
         mlflow.set_tag(PRECISION_TAG, choice.precision.name)
         tracking.backfill_epochs(trainer.history, prefix="prior_")
-    write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
+    if trainer.history:  # resumed: the curve so far (a fresh run writes its first epoch's; until then the old
+        write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)  # output stays, should this fail)
 
     def on_epoch_end(record: dict) -> None:
         write_history(trainer.history, paths.PRIOR_HISTORY, HISTORY_COLUMNS)
