@@ -1,6 +1,7 @@
 """Where the samples stand between the latent densities and the floor, on one trained model.
 
-    python benchmarks/prior_sweep.py [--per-class 200] [--guidance 1 2 3 4 5] [--gmm] [--model-prior] [--floor]
+    python benchmarks/prior_sweep.py [--per-class 200] [--guidance 1 2 3 4 5] [--solver ddim dpmpp_2m]
+        [--steps 10 20 50] [--gmm] [--model-prior] [--floor]
 
 Run in a workspace where ``dvc repro prior fid_reference`` has run (``models/model.pt``,
 ``models/prior.pt``, ``data/fid_reference``). For each row it draws ``--per-class`` images per class
@@ -8,7 +9,8 @@ with the same seed, computes their Inception features once and scores them like 
 (FID-2k at the default 200 per class, against the reference statistics), KID, class consistency,
 precision and recall. Rows:
 
-* ``diffusion g=G``: the workspace's fitted prior at ``sample.steps`` and guidance G, temperature 1;
+* ``diffusion g=G``: the workspace's fitted prior at guidance G, temperature 1, for every ``--solver`` and
+  ``--steps`` (default: ``sample.solver`` at ``sample.steps``) — the FID-vs-steps curve;
 * ``gmm``: 10-component per-class GMMs fitted here on the encoded training set, temperature 0.85
   (the pipeline's GMM default before the diffusion prior);
 * ``model prior``: z ~ N(0, I);
@@ -22,6 +24,7 @@ printed with the CPU. Run it alone: a concurrent heavy job slows both several ti
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--guidance", type=float, nargs="*", default=[1.0, 2.0, 3.0, 4.0, 5.0])
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: sample.steps)")
+    parser.add_argument("--steps", type=int, nargs="*", default=None, help="sampler steps (default: sample.steps)")
+    parser.add_argument("--solver", nargs="*", default=None, help="ddim, dpmpp_2m (default: sample.solver)")
     parser.add_argument(
         "--interval",
         type=float,
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params()
-    steps = args.steps or params.sample.steps
+    solvers, step_counts = args.solver or [params.sample.solver], args.steps or [params.sample.steps]
     torch.manual_seed(args.seed)
     model, classes = load_trained_model(paths.MODEL_FILE, "cpu")
     _, prior = load_prior(paths.PRIOR_FILE, file_checksum(paths.MODEL_FILE, "sha256"))
@@ -85,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, callable]] = []
     for interval in args.interval or [(0.0, 1.0)]:
         span = "" if tuple(interval) == (0.0, 1.0) else f" in [{interval[0]:g}, {interval[1]:g}]"
-        for g in args.guidance:
+        for solver, steps, g in itertools.product(solvers, step_counts, args.guidance):
             rows.append(
                 (
-                    f"diffusion g={g:g}{span} ({steps} steps)",
-                    lambda g=g, i=tuple(interval): draw(model, classes, args, prior.sampler(steps, g, i)),
+                    f"diffusion g={g:g}{span} ({solver}, {steps} steps)",
+                    lambda g=g, i=tuple(interval), n=steps, s=solver: draw(
+                        model, classes, args, prior.sampler(n, g, s, interval=i)
+                    ),
                 )
             )
     if args.gmm:

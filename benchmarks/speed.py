@@ -192,7 +192,7 @@ def sample_rows(samples: int, precisions: tuple[Precision, ...]) -> dict:
         torch.zeros(dim),
         torch.ones(dim),
     )
-    sampler = prior.sampler(sample.steps, sample.guidance)
+    sampler = prior.sampler(sample.steps, sample.guidance, sample.solver)
     out = {}
     for p in precisions:
         # emulated bf16 (no native support) is measured on fewer images: its rate is what matters
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = sample_rows(args.samples, precisions)
         result["sample"] = rows
         s = PARAMS.sample
-        print(f"\nsampling {args.samples} images, {s.steps} DDIM steps at guidance {s.guidance:g}, decoded:")
+        print(f"\nsampling {args.samples} images, {s.steps} {s.solver} steps at guidance {s.guidance:g}, decoded:")
         for name, rate in rows.items():
             print(
                 f"  {name:20s} {rate:7.1f} img/s  {args.samples / rate:6.0f} s for {args.samples}  "

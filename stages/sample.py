@@ -1,6 +1,6 @@
 """Stage ``sample``: ``sample.per_class`` images of every class from the trained model (seeded), with
 latents from the prior stage's density (``sample.latents: fitted``: the diffusion prior at
-``sample.steps`` and ``sample.guidance``, or the GMM) or from the model's own prior, saved to
+``sample.solver``, ``sample.steps`` and ``sample.guidance``, or the GMM) or from the model's own prior, saved to
 ``data/samples`` with a class-by-row grid as a DVC plot. The generator that draws them (the model
 with its prior and these settings) is logged and registered in a new MLflow run of this stage, nested
 under the training's."""
@@ -46,6 +46,7 @@ def main() -> None:
                 paths.PRIOR_FILE if cfg.latents == "fitted" else None,
                 {
                     "temperature": cfg.temperature,
+                    "solver": cfg.solver,
                     "steps": cfg.steps,
                     "guidance": cfg.guidance,
                     "precision": samples.sampling["precision"],

@@ -166,3 +166,20 @@ def test_each_output_names_the_stage_that_writes_it():
                 assert paths.producer(out) == stage, (
                     f"{out}: dvc.yaml says {stage}, paths.producer {paths.producer(out)}"
                 )
+
+
+def test_the_committed_lock_records_params_yaml_as_it_is():
+    """main's ``dvc.lock`` is a real ``dvc repro`` of its ``params.yaml``: every param a stage lists is recorded
+    with the file's value. Without this a changed default left the lock (and ``dvc exp show``'s baseline row)
+    describing a configuration the README no longer ships; re-run the stage and commit its lock and reports."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for stage, definition in pipeline().items():
+        assert stage in lock, f"dvc.lock has no {stage} stage: run `dvc repro` and commit dvc.lock"
+        recorded = lock[stage].get("params", {}).get("params.yaml", {})
+        assert sorted(recorded) == sorted(definition.get("params", [])), f"{stage}: lock and dvc.yaml list other params"
+        for key, value in recorded.items():
+            current = params
+            for part in key.split("."):
+                current = current[part]
+            assert current == value, f"dvc.lock's {stage} ran with other {key}: `dvc repro {stage}` and commit"

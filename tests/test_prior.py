@@ -235,7 +235,10 @@ def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws
     history = (ws / "reports/prior/history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,val_loss") and len(history) == 3
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())
-    assert sampling["latents"] == "diffusion prior (conv 2x16 on 2x4x4, v-prediction; 8 DDIM steps, guidance 2)"
+    assert (
+        sampling["latents"]
+        == "diffusion prior (conv 2x16 on 2x4x4, v-prediction; 8 DPM-Solver++(2M) steps, guidance 2)"
+    )
 
     train_run = json.loads((ws / "models/mlflow_run.json").read_text())["run_id"]
     prior_run = json.loads((ws / "models/prior_run.json").read_text())["run_id"]
@@ -329,3 +332,4 @@ def test_a_conv_prior_file_round_trips_and_draws_the_same(trained_conv_mixture_p
     draw = [p.sampler(10, 2.0).sample(y, 1.0, torch.Generator().manual_seed(5)) for p in (prior, loaded)]
     assert torch.equal(draw[0], draw[1])
     assert loaded.describe(10, 2.0) == "diffusion prior (conv 2x32 on 1x2x1, v-prediction; 10 DDIM steps, guidance 2)"
+    assert "10 DPM-Solver++(2M) steps" in loaded.describe(10, 2.0, "dpmpp_2m")

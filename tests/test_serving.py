@@ -118,7 +118,7 @@ def test_generator_with_a_prior_draws_its_latents_from_it(store, tmp_path):
     ones, drawn by the shipped prior at the scored steps and guidance; a request may override them."""
     prior = toy_prior(store, tmp_path / "prior.pt")
     mlflow.set_tracking_uri(store[0])
-    scored = {"temperature": 0.9, "steps": 7, "guidance": 2.5}
+    scored = {"temperature": 0.9, "solver": "dpmpp_2m", "steps": 7, "guidance": 2.5}
     uri = log_in(store, name="generator", prior_file=tmp_path / "prior.pt", settings=scored, described="toy prior")
     served = mlflow.pyfunc.load_model(uri)
     assert served.metadata.metadata["latents"] == "toy prior" and served.metadata.metadata["defaults"] == scored | {
@@ -131,10 +131,15 @@ def test_generator_with_a_prior_draws_its_latents_from_it(store, tmp_path):
         return model.sample(labels, temperature, generator=torch.Generator().manual_seed(5), latents=latents).numpy()
 
     images = served.predict(["cat", "truck", 0], params={"seed": 5})
-    assert np.allclose(images, direct(prior.sampler(7, 2.5)), atol=1e-6)  # the prior at the scored settings
-    assert not np.allclose(images, direct(prior.sampler(7, 1.0)), atol=1e-3)  # guidance matters
-    asked = served.predict([3, 9, 0], params={"seed": 5, "steps": 3, "guidance": 0.0, "temperature": 1.0})
-    assert np.allclose(asked, direct(prior.sampler(3, 0.0), 1.0), atol=1e-6)
+    assert np.allclose(images, direct(prior.sampler(7, 2.5, "dpmpp_2m")), atol=1e-6)  # the scored settings
+    assert not np.allclose(images, direct(prior.sampler(7, 1.0, "dpmpp_2m")), atol=1e-3)  # guidance matters
+    assert not np.allclose(images, direct(prior.sampler(7, 2.5, "ddim")), atol=1e-3)  # and so does the solver
+    asked = served.predict(
+        [3, 9, 0], params={"seed": 5, "solver": "ddim", "steps": 3, "guidance": 0.0, "temperature": 1.0}
+    )
+    assert np.allclose(asked, direct(prior.sampler(3, 0.0, "ddim"), 1.0), atol=1e-6)
+    with pytest.raises(MlflowException, match="solver must be one of ddim, dpmpp_2m, got 'euler'"):
+        served.predict(["cat"], params={"solver": "euler"})
     assert np.allclose(served.predict([3, 9, 0], params={"seed": 5, "latents": "model"}), direct(None), atol=1e-6)
 
 
@@ -143,7 +148,7 @@ def test_generator_serves_in_the_precision_its_samples_were_drawn_in(store, tmp_
     the scored ones; they differ from fp32's by bf16's rounding only."""
     prior = toy_prior(store, tmp_path / "prior.pt")
     mlflow.set_tracking_uri(store[0])
-    settings = {"temperature": 1.0, "steps": 5, "guidance": 1.0, "precision": "bf16"}
+    settings = {"temperature": 1.0, "solver": "ddim", "steps": 5, "guidance": 1.0, "precision": "bf16"}
     uri = log_in(store, name="generator", prior_file=tmp_path / "prior.pt", settings=settings, described="toy prior")
     served = mlflow.pyfunc.load_model(uri)
     model, _ = load_trained_model(store[1] / "model.pt", torch.device("cpu"))

@@ -233,7 +233,13 @@ class SampleParams(_Section):
         "or the model prior's base std",
         ge=0,
     )
-    steps: StrictInt = knob("deterministic DDIM steps of the diffusion prior", ge=1, le=10_000)
+    solver: Literal["ddim", "dpmpp_2m"] = knob(
+        "the diffusion prior's sampler: ddim (first order) | dpmpp_2m (DPM-Solver++(2M), second order: "
+        "nearer the exact solution in as many steps)"
+    )
+    steps: StrictInt = knob(
+        "deterministic steps of the diffusion prior's sampler (one network call each)", ge=1, le=10_000
+    )
     guidance: float = knob(
         "classifier-free guidance scale of the diffusion prior: 1 = the conditional model, 0 = unconditional",
         ge=0,

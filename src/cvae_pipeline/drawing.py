@@ -28,7 +28,8 @@ def draw_sample_set(model: BaseCVAE, classes: list[str], cfg, prior_file, model_
                 "prior.kind: diffusion and run `dvc repro prior`"
             )
         prior.to(next(model.parameters()).device)
-        sampler, described = prior.sampler(cfg.steps, cfg.guidance), prior.describe(cfg.steps, cfg.guidance)
+        sampler = prior.sampler(cfg.steps, cfg.guidance, cfg.solver)
+        described = prior.describe(cfg.steps, cfg.guidance, cfg.solver)
     choice = resolve(cfg.precision, next(model.parameters()).device)
     print(f"sampling precision {choice.precision.name} ({choice.why})", flush=True)
     images, labels = generate(

@@ -5,7 +5,7 @@ call ``CVAEGenerator.predict``. Input: class names or indices — a list, an
 array, or a DataFrame with a ``label`` column (what a served model receives from
 ``{"dataframe_records": [{"label": "cat"}, {"label": 3}]}``). Optional params
 ``seed`` (same seed + labels -> same images), ``temperature`` (the latent density's scale),
-``steps`` and ``guidance`` (the diffusion prior's sampler) and ``latents``: ``fitted`` draws z from
+``solver``, ``steps`` and ``guidance`` (the diffusion prior's sampler) and ``latents``: ``fitted`` draws z from
 the prior stage's density (``models/prior.pt``) when the model ships one (the default then),
 ``model`` from the model's own prior. The defaults are the settings the ``sample`` stage scored
 (shipped as the model's ``settings`` artifact; the model the training logs ships no prior), so by
@@ -38,16 +38,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from .precision import Precision
+from .prior.diffusion import SOLVERS
 
 #: labels per request: 1,000 images are about 60 MB of JSON in the answer, which bounds the server's
 #: memory per request (tests/test_serving.py measures it under load); ask for more in several requests
 MAX_IMAGES_PER_REQUEST = 1_000
 PRIOR_ARTIFACT = "prior"  # the optional artifact: models/prior.pt, the density sample.latents: fitted draws from
-#: {"temperature", "steps", "guidance", "precision"}: what the generator's samples were scored at
+#: {"temperature", "solver", "steps", "guidance", "precision"}: what the generator's samples were scored at
 SETTINGS_ARTIFACT = "settings"
 #: the sampler settings (all but the precision a request may override) and the defaults of a generator without
 #: settings; the precision is the one ``sample`` chose, so the served draws are the scored ones
-SAMPLER_DEFAULTS = {"temperature": 1.0, "steps": 50, "guidance": 1.0, "precision": "fp32"}
+#: (a generator logged before ``sample.solver`` existed was scored with DDIM, so that is the default)
+SAMPLER_DEFAULTS = {"temperature": 1.0, "solver": "ddim", "steps": 50, "guidance": 1.0, "precision": "fp32"}
 MAX_STEPS = 1000
 
 
@@ -126,6 +128,7 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
         temperature = self._setting(params, "temperature", float, lambda v: 0 < v < 1e3, "a number in (0, 1000)")
         steps = self._setting(params, "steps", int, lambda v: 1 <= v <= MAX_STEPS, f"an integer 1-{MAX_STEPS}")
         guidance = self._setting(params, "guidance", float, lambda v: 0 <= v <= 100, "a number in [0, 100]")
+        solver = self._setting(params, "solver", str, lambda v: v in SOLVERS, f"one of {', '.join(SOLVERS)}")
         latents = params.get("latents") or ("fitted" if self.prior is not None else "model")
         if latents not in ("fitted", "model"):
             raise _bad_request(f"latents must be 'fitted' or 'model', got {latents!r}")
@@ -140,7 +143,7 @@ class CVAEGenerator(mlflow.pyfunc.PythonModel):
             generator.manual_seed(seed)
         else:
             generator.seed()
-        sampler = self.prior.sampler(steps, guidance) if latents == "fitted" else None
+        sampler = self.prior.sampler(steps, guidance, solver) if latents == "fitted" else None
         with torch.inference_mode(), self.precision.autocast(self.device):
             images = self.model.sample(torch.from_numpy(labels), temperature, generator=generator, latents=sampler)
         return images.float().cpu().numpy()
@@ -160,6 +163,7 @@ def signature(settings: dict):
             [
                 ParamSpec("seed", "long", -1),
                 ParamSpec("temperature", "double", float(settings["temperature"])),
+                ParamSpec("solver", "string", str(settings["solver"])),
                 ParamSpec("steps", "long", int(settings["steps"])),
                 ParamSpec("guidance", "double", float(settings["guidance"])),
                 ParamSpec("latents", "string", ""),
@@ -180,7 +184,7 @@ def log_generator(
 
     ``prior_file``: the fitted prior (``models/prior.pt``) to ship with it, so the served model draws
     its latents from the same density as the evaluated samples (the ``sample`` stage does this), with
-    the sampler ``settings`` (temperature, steps, guidance) unless a request says otherwise;
+    the sampler ``settings`` (temperature, solver, steps, guidance) unless a request says otherwise;
     ``described``: what the latents are, for the model's metadata."""
     settings = SAMPLER_DEFAULTS | (settings or {})
     package_dir = Path(__file__).resolve().parent
@@ -212,7 +216,8 @@ def log_generator(
             metadata={
                 "classes": list(classes),
                 "input": "class names or indices (column 'label')",
-                "params": "seed (int, -1 = random), temperature (float), steps (int), guidance (float), "
+                "params": "seed (int, -1 = random), temperature (float), solver (ddim | dpmpp_2m), steps (int), "
+                "guidance (float), "
                 "latents (fitted | model)",
                 "defaults": settings,
                 "latents": described,

@@ -20,6 +20,8 @@ from .diffusion import Denoiser, GaussianDiffusion, build_denoiser, describe_den
 from .gmm import ClassGMM
 
 FORMAT_VERSION = 1
+#: how a run's description names each ``sample.solver``
+SOLVER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
 
 
 @dataclass
@@ -31,13 +33,15 @@ class DiffusionPrior:
     mean: torch.Tensor  # [D]
     scale: torch.Tensor  # [D]
 
-    def sampler(self, steps: int, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> DiffusionSampler:
-        return DiffusionSampler(self, steps, guidance, interval)
+    def sampler(
+        self, steps: int, guidance: float, solver: str = "ddim", interval: tuple[float, float] = (0.0, 1.0)
+    ) -> DiffusionSampler:
+        return DiffusionSampler(self, steps, guidance, solver, interval)
 
-    def describe(self, steps: int, guidance: float) -> str:
+    def describe(self, steps: int, guidance: float, solver: str = "ddim") -> str:
         return (
             f"diffusion prior ({describe_denoiser(self.denoiser)}, {self.diffusion.prediction}-prediction; "
-            f"{steps} DDIM steps, guidance {guidance:g})"
+            f"{steps} {SOLVER_NAMES[solver]} steps, guidance {guidance:g})"
         )
 
     def to(self, device) -> DiffusionPrior:
@@ -53,11 +57,14 @@ class DiffusionSampler:
     prior: DiffusionPrior
     steps: int
     guidance: float
+    solver: str = "ddim"
     interval: tuple[float, float] = (0.0, 1.0)
 
     def sample(self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None):
         p = self.prior
-        x = p.diffusion.sample(p.denoiser, labels, self.steps, self.guidance, temperature, generator, self.interval)
+        x = p.diffusion.sample(
+            p.denoiser, labels, self.steps, self.guidance, temperature, generator, self.interval, self.solver
+        )
         return p.mean.to(x.device) + p.scale.to(x.device) * x
 
 
@@ -65,10 +72,10 @@ class DiffusionSampler:
 class GMMPrior:
     gmm: ClassGMM
 
-    def sampler(self, steps: int, guidance: float) -> ClassGMM:
-        return self.gmm  # a GMM has no steps and no guidance
+    def sampler(self, steps: int, guidance: float, solver: str = "ddim") -> ClassGMM:
+        return self.gmm  # a GMM has no steps, no guidance and no solver
 
-    def describe(self, steps: int, guidance: float) -> str:
+    def describe(self, steps: int, guidance: float, solver: str = "ddim") -> str:
         return f"ex-post GMM ({self.gmm.weights.shape[1]} per class)"
 
     def to(self, device) -> GMMPrior:
