@@ -21,7 +21,7 @@ from conftest import make_pipeline_repo, sh, tally
 
 ALL_STAGES = ("download", "prepare", "fid_reference", "train", "prior", "sample", "evaluate")
 #: what the tiny pipeline's samples are drawn from (TINY_PRIOR, 5 steps, the default guidance)
-LATENTS = "diffusion prior (MLP 2x32, v-prediction; 5 DDIM steps, guidance 3)"
+LATENTS = "diffusion prior (MLP 2x32, v-prediction; 5 DPM-Solver++(2M) steps, guidance 3)"
 
 
 @pytest.fixture(scope="module")
