@@ -216,8 +216,8 @@ def log_generator(
             metadata={
                 "classes": list(classes),
                 "input": "class names or indices (column 'label')",
-                "params": "seed (int, -1 = random), temperature (float), solver (ddim | dpmpp_2m), steps (int), "
-                "guidance (float), "
+                "params": f"seed (int, -1 = random), temperature (float), solver ({' | '.join(SOLVERS)}), "
+                "steps (int), guidance (float), "
                 "latents (fitted | model)",
                 "defaults": settings,
                 "latents": described,
