@@ -475,3 +475,5 @@ def test_refine_off_reruns_refine_sample_and_evaluate_and_decodes_with_the_train
     assert (dvc_repo / "models" / "refined.pt").read_bytes() == (dvc_repo / "models" / "model.pt").read_bytes()
     assert json.loads((dvc_repo / "reports" / "refine" / "metrics.json").read_text())["steps"] == 0
     assert "fid" in json.loads((dvc_repo / "reports" / "metrics.json").read_text())
+    off = one_run_per_stage([r for r in mlflow_runs(dvc_repo) if r.data.tags.get("dvc_experiment") == "refine-off"])
+    assert set(off) == {"refine", "sample", "evaluate"} and off["refine"].data.params["refine.steps"] == "0"

@@ -37,16 +37,7 @@ def refine(params: PipelineParams) -> dict:
     cfg = params.refine
     started = time.perf_counter()
     if cfg.steps == 0:
-        with atomic_file(paths.REFINED_MODEL_FILE) as tmp:
-            shutil.copyfile(paths.MODEL_FILE, tmp)
-        write_history([], paths.REFINE_HISTORY, HISTORY_COLUMNS)
-        model, classes = load_trained_model(paths.MODEL_FILE, "cpu")
-        save_png(_grid(model, model, len(classes)), paths.REFINE_GRID)
-        metrics = {"steps": 0, "refine_seconds": round(time.perf_counter() - started, 1)}
-        write_json_atomic(paths.REFINE_METRICS, metrics)
-        tracking.write_run_file(None, None, path=paths.REFINE_RUN_FILE)
-        discard_checkpoint(paths.REFINE_CHECKPOINT)
-        return metrics
+        return _off(params, started)
 
     device = resolve_device(cfg.device, "refine.device")
     model, classes = load_trained_model(paths.MODEL_FILE, device)
@@ -109,6 +100,29 @@ def refine(params: PipelineParams) -> dict:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if not k.startswith("final_")})
     # the run file last, once the run has ended (tracking/handoff.py says why); then the checkpoint goes, so a
     # later run of this stage computes instead of "resuming" into this model
+    tracking.write_run_file(
+        run.info.run_id if run else None, run.info.experiment_id if run else None, path=paths.REFINE_RUN_FILE
+    )
+    discard_checkpoint(paths.REFINE_CHECKPOINT)
+    return metrics
+
+
+def _off(params: PipelineParams, started: float) -> dict:
+    """``refine.steps: 0``: ``models/model.pt``'s bytes as the decoding model, recorded in a run like any other."""
+    import mlflow
+
+    with tracking.stage_run("refine", params) as run:
+        with atomic_file(paths.REFINED_MODEL_FILE) as tmp:
+            shutil.copyfile(paths.MODEL_FILE, tmp)
+        write_history([], paths.REFINE_HISTORY, HISTORY_COLUMNS)
+        model, classes = load_trained_model(paths.MODEL_FILE, "cpu")
+        grid = _grid(model, model, len(classes))
+        save_png(grid, paths.REFINE_GRID)
+        metrics = {"steps": 0, "refine_seconds": round(time.perf_counter() - started, 1)}
+        write_json_atomic(paths.REFINE_METRICS, metrics)
+        if run is not None:
+            mlflow.log_image(grid, artifact_file="refine/reconstructions.png")
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     tracking.write_run_file(
         run.info.run_id if run else None, run.info.experiment_id if run else None, path=paths.REFINE_RUN_FILE
     )
