@@ -109,6 +109,7 @@ CONV_PRIOR = [
     "prior.epochs=8",
     "prior.augment=hflip",
     "sample.latents=fitted",
+    "sample.solver=ddim",
     "sample.steps=50",
     "sample.guidance=3.0",
     "sample.temperature=1.0",

@@ -134,3 +134,11 @@ def test_rows_do_not_depend_on_the_defaults_they_were_measured_against(ablation)
         moved = _apply(moved, overrides)
         for section, key in pinned:
             assert moved[section][key] == as_is[section][key], f"{name} does not pin {section}.{key}"
+
+
+def test_rows_that_pin_the_steps_pin_the_solver_they_were_counted_in(ablation):
+    """50 steps of DDIM and 50 of DPM-Solver++(2M) are different samplers: a row measured with DDIM before
+    ``sample.solver`` existed must say so, or it queues with whatever solver params.yaml defaults to."""
+    for name, overrides in every_row(ablation).items():
+        keys = {item.split("=", 1)[0] for item in overrides}
+        assert "sample.steps" not in keys or "sample.solver" in keys, f"{name} pins sample.steps but not the solver"
