@@ -263,6 +263,7 @@ def train_workspace(root: Path, model: dict, train: dict, train_per_class: int =
     params["train"].update(train)
     if params["model"]["latent_resolution"] == 1:
         params["prior"]["denoiser"] = "mlp"  # a flat z: the default conv denoiser needs a latent map
+    params["refine"].update(TINY_REFINE)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_prepared(root / "data" / "prepared", train_per_class)
     return root
