@@ -1,15 +1,14 @@
 """Where the samples stand between the latent densities and the floor, on one trained model.
 
     python benchmarks/prior_sweep.py [--per-class 200] [--guidance 1 2 3 4 5] [--solver ddim dpmpp_2m]
-        [--steps 10 20 50] [--gmm] [--model-prior] [--floor] [--model models/refined.pt]
+        [--steps 10 20 50] [--gmm] [--model-prior] [--floor]
 
-Run in a workspace where ``dvc repro prior fid_reference`` has run (``models/model.pt``,
-``models/prior.pt``, ``data/fid_reference``). For each row it draws ``--per-class`` images per class
+Run in a workspace where ``dvc repro sample`` has run (``models/refined.pt``, ``models/prior.pt``,
+``data/fid_reference``); it decodes with the model ``sample`` decodes with (the refined decoder).
+For each row it draws ``--per-class`` images per class
 with the same seed, computes their Inception features once and scores them like ``evaluate``: FID
 (FID-2k at the default 200 per class, against the reference statistics), KID, class consistency,
-precision and recall. ``--model``: decode with another model file whose encoder is the workspace
-model's (a decoder refined by ``benchmarks/decoder_refine.py``), so the workspace's prior still fits
-its latents. Rows:
+precision and recall. Rows:
 
 * ``diffusion g=G``: the workspace's fitted prior at guidance G, temperature 1, for every ``--solver`` and
   ``--steps`` (default: ``sample.solver`` at ``sample.steps``) — the FID-vs-steps curve;
@@ -40,17 +39,15 @@ sys.path.insert(0, str(REPO / "src"))
 from cvae_pipeline import paths  # noqa: E402
 from cvae_pipeline.config import load_params  # noqa: E402
 from cvae_pipeline.data.prepared import load_prepared  # noqa: E402
-from cvae_pipeline.data.sources import file_checksum  # noqa: E402
 from cvae_pipeline.data.splits import stratified_subset  # noqa: E402
 from cvae_pipeline.metrics.class_consistency import LinearProbe  # noqa: E402
 from cvae_pipeline.metrics.evaluation import sample_quality  # noqa: E402
 from cvae_pipeline.metrics.fid import Statistics  # noqa: E402
 from cvae_pipeline.metrics.inception import InceptionFeatures  # noqa: E402
 from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet  # noqa: E402
-from cvae_pipeline.models.artifact import load_trained_model  # noqa: E402
 from cvae_pipeline.prior import ClassGMM, load_prior  # noqa: E402
 from cvae_pipeline.prior.encoding import encode_central  # noqa: E402
-from cvae_pipeline.refinement import split_parameters  # noqa: E402
+from cvae_pipeline.refinement.artifact import load_decoding_model  # noqa: E402
 from cvae_pipeline.runtime import cpu_description  # noqa: E402
 from cvae_pipeline.sampling import generate, reconstruct_set  # noqa: E402
 
@@ -75,16 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-prior", action="store_true", help="also the N(0, I) row")
     parser.add_argument("--floor", action="store_true", help="also the two floor rows")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", type=Path, default=paths.MODEL_FILE, help="decode with this model file")
     args = parser.parse_args(argv)
 
     params = load_params()
     solvers, step_counts = args.solver or [params.sample.solver], args.steps or [params.sample.steps]
     torch.manual_seed(args.seed)
-    model, classes = load_trained_model(args.model, "cpu")
-    if args.model.resolve() != paths.MODEL_FILE.resolve() and not same_encoder(model, paths.MODEL_FILE):
-        parser.error(f"{args.model}'s encoder differs from {paths.MODEL_FILE}'s: the workspace's prior does not fit it")
-    _, prior = load_prior(paths.PRIOR_FILE, file_checksum(paths.MODEL_FILE, "sha256"))
+    model, classes, model_sha = load_decoding_model("cpu")
+    _, prior = load_prior(paths.PRIOR_FILE, model_sha)
     reference = FeatureSet.load(paths.FID_REFERENCE_DIR / FEATURES_FILE)
     reference_stats = Statistics.load(paths.FID_REFERENCE_DIR / STATS_FILE)
     probe = LinearProbe.load(paths.FID_REFERENCE_DIR / PROBE_FILE)
@@ -140,12 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
-
-
-def same_encoder(model, reference_file: Path) -> bool:
-    reference, _ = load_trained_model(reference_file, "cpu")
-    mine, theirs = model.state_dict(), reference.state_dict()
-    return all(torch.equal(mine[name], theirs[name]) for name in split_parameters(reference)[0])
 
 
 def draw(model, classes, args, sampler, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Stage ``sample``: ``sample.per_class`` images of every class from the trained model (seeded), with
+"""Stage ``sample``: ``sample.per_class`` images of every class from the trained model (seeded; decoded by
+the ``refine`` stage's decoder), with
 latents from the prior stage's density (``sample.latents: fitted``: the diffusion prior at
 ``sample.solver``, ``sample.steps`` and ``sample.guidance``, or the GMM) or from the model's own prior, saved to
 ``data/samples`` with a class-by-row grid as a DVC plot. The generator that draws them (the model
@@ -9,10 +10,9 @@ from __future__ import annotations
 
 from cvae_pipeline import paths, tracking
 from cvae_pipeline.config import load_params
-from cvae_pipeline.data.sources import file_checksum
 from cvae_pipeline.drawing import draw_sample_set
 from cvae_pipeline.io import atomic_directory, save_png, write_json_atomic
-from cvae_pipeline.models.artifact import load_trained_model
+from cvae_pipeline.refinement.artifact import load_decoding_model
 from cvae_pipeline.runtime import resolve_device
 from cvae_pipeline.samples import GENERATOR_FILE
 from cvae_pipeline.sampling import grid_of
@@ -24,8 +24,10 @@ def main() -> None:
     args = stage_parser(__doc__).parse_args()
     params = load_params(args.params)
     cfg = params.sample
-    model, classes = load_trained_model(paths.MODEL_FILE, resolve_device(params.train.device, "train.device"))
-    samples = draw_sample_set(model, classes, cfg, paths.PRIOR_FILE, file_checksum(paths.MODEL_FILE, "sha256"))
+    # the decoder refine wrote (the trained model itself when refine is off); its encoder is models/model.pt's,
+    # whose checksum the prior was fitted on
+    model, classes, model_sha = load_decoding_model(resolve_device(params.train.device, "train.device"))
+    samples = draw_sample_set(model, classes, cfg, paths.PRIOR_FILE, model_sha)
     grid = grid_of(samples.images, samples.labels, len(classes))
     settings = tracking.flatten_params({"sample": cfg.model_dump()})
     # logging happens inside the atomic write: if MLflow fails, no data/samples is left without its generator
@@ -41,7 +43,7 @@ def main() -> None:
                 grid,
                 settings,
                 samples.sampling,
-                paths.MODEL_FILE,
+                paths.REFINED_MODEL_FILE,
                 classes,
                 paths.PRIOR_FILE if cfg.latents == "fitted" else None,
                 {

@@ -263,6 +263,7 @@ def train_workspace(root: Path, model: dict, train: dict, train_per_class: int =
     params["train"].update(train)
     if params["model"]["latent_resolution"] == 1:
         params["prior"]["denoiser"] = "mlp"  # a flat z: the default conv denoiser needs a latent map
+    params["refine"].update(TINY_REFINE)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_prepared(root / "data" / "prepared", train_per_class)
     return root
@@ -296,6 +297,16 @@ def prepare_params(**overrides):
     from cvae_pipeline.config import PrepareParams
 
     return _section(PrepareParams, "prepare", overrides)
+
+
+def refine_params(**overrides):
+    from cvae_pipeline.config import RefineParams
+
+    return _section(RefineParams, "refine", overrides)
+
+
+#: a refinement that runs both of its phases (discriminator alone, then adversarial) in a few tiny steps
+TINY_REFINE = {"steps": 3, "batch_size": 8, "delay": 1, "checkpoint_every": 2, "disc_width": 8}
 
 
 def prior_params(**overrides):
@@ -376,6 +387,7 @@ def write_tiny_params(directory: Path, archive_dir: Path, precision: str | None 
     text["prior"].update(TINY_PRIOR)
     text["sample"].update(per_class=2, steps=5, guidance=3.0, temperature=1.0)  # the tests re-sample at 0.5
     text["evaluate"].update(kid_subsets=10, probe_folds=2, iw_samples=2)
+    text["refine"].update(TINY_REFINE)
     for section, values in sections.items():
         text[section].update(values)
     if precision is not None:

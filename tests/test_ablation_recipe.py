@@ -142,3 +142,9 @@ def test_rows_that_pin_the_steps_pin_the_solver_they_were_counted_in(ablation):
     for name, overrides in every_row(ablation).items():
         keys = {item.split("=", 1)[0] for item in overrides}
         assert "sample.steps" not in keys or "sample.solver" in keys, f"{name} pins sample.steps but not the solver"
+
+
+def test_every_row_was_measured_without_the_decoder_refinement(ablation):
+    """Every row predates the ``refine`` stage: each queues with it off, or it would measure another decoder."""
+    for name, overrides in every_row(ablation).items():
+        assert "refine.steps=0" in overrides, name

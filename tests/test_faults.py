@@ -23,7 +23,7 @@ from cvae_pipeline import paths
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("download", "prepare", "fid_reference", "train", "prior", "sample", "evaluate")
+STAGES = ("download", "prepare", "fid_reference", "train", "prior", "refine", "sample", "evaluate")
 OUTPUT_ROOTS = ("data", "models", "reports")
 
 
@@ -35,7 +35,7 @@ def untracked():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, untracked) -> Path:
-    """A workspace in which all seven stages ran once: every output a fault test may damage."""
+    """A workspace in which all eight stages ran once: every output a fault test may damage."""
     root = tmp_path_factory.mktemp("faults")
     ws = root / "ws"
     ws.mkdir()
@@ -118,6 +118,7 @@ def loaders(ws: Path) -> dict[Path, callable]:
     from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
     from cvae_pipeline.models.artifact import load_trained_model
     from cvae_pipeline.prior import load_prior
+    from cvae_pipeline.refinement.artifact import load_decoding_model
     from cvae_pipeline.samples import SampleSet
 
     def prepared(split):
@@ -133,6 +134,7 @@ def loaders(ws: Path) -> dict[Path, callable]:
         reference / PROBE_FILE: lambda: LinearProbe.load(reference / PROBE_FILE),
         paths.MODEL_FILE: lambda: load_trained_model(paths.MODEL_FILE),
         paths.PRIOR_FILE: lambda: load_prior(paths.PRIOR_FILE),
+        paths.REFINED_MODEL_FILE: load_decoding_model,
         paths.SAMPLES_DIR / "images.npy": lambda: SampleSet.load(paths.SAMPLES_DIR),
         paths.SAMPLES_DIR / "labels.npy": lambda: SampleSet.load(paths.SAMPLES_DIR),
         paths.SAMPLES_DIR / "classes.json": lambda: SampleSet.load(paths.SAMPLES_DIR),
@@ -184,6 +186,7 @@ def test_every_damaged_file_is_named_with_the_stage_that_re_creates_it(restored)
         (paths.PREPARED_DIR / "test_labels.npy", "fid_reference", "random"),
         (paths.MODEL_FILE, "prior", "header"),
         (paths.PRIOR_FILE, "sample", "truncated"),
+        (paths.REFINED_MODEL_FILE, "sample", "header"),
         (paths.FID_REFERENCE_DIR / "stats.npz", "evaluate", "random"),
         (paths.SAMPLES_DIR / "images.npy", "evaluate", "empty"),
     ],

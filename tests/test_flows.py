@@ -252,7 +252,7 @@ def test_prior_and_sample_stages_with_a_gmm_and_likelihood_draws(tmp_path):
     params["mlflow"]["required"] = False
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # unreachable: runs untracked
-    for stage in ("train", "prior", "sample"):
+    for stage in ("train", "prior", "refine", "sample"):
         result = run_stage(stage, ws, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
     sampling = json.loads((ws / "data/samples/sampling.json").read_text())

@@ -31,7 +31,7 @@ from conftest import BIN, ROBUSTNESS_FIGURES, clean_env, make_pipeline_repo, sh,
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("download", "prepare", "fid_reference", "train", "prior", "sample", "evaluate")
+STAGES = ("download", "prepare", "fid_reference", "train", "prior", "refine", "sample", "evaluate")
 KILLS_PER_STAGE = int(os.environ.get("CVAE_KILLS_PER_STAGE", 1))
 SEED = int(os.environ.get("CVAE_KILL_SEED", 0))
 #: three epochs, so that a kill can fall after a checkpoint (resumed) or before the first (restarted)
@@ -43,12 +43,14 @@ TRAIN = {"epochs": 3}
 RUN_IDENTITY = {
     "models/mlflow_run.json",
     "models/prior_run.json",
+    "models/refine_run.json",
     "reports/sample_run.json",
     "reports/evaluate_run.json",
     "data/samples/generator.json",
     # resume files (no DVC outputs): they hold the run id beside the weights
     "models/checkpoints/last.pt",
     "models/checkpoints/prior_last.pt",
+    "models/checkpoints/refine_last.pt",
 }
 
 

@@ -122,7 +122,10 @@ def test_each_stage_depends_on_exactly_the_code_it_computes_with(stage: str):
 
 def test_no_stage_depends_on_a_run_file():
     """A run id is a hand-off, not an input: a new one must not re-run what follows."""
-    run_files = {p.as_posix() for p in (paths.TRAIN_RUN_FILE, paths.PRIOR_RUN_FILE, paths.SAMPLES_RUN_FILE)}
+    run_files = {
+        p.as_posix()
+        for p in (paths.TRAIN_RUN_FILE, paths.PRIOR_RUN_FILE, paths.REFINE_RUN_FILE, paths.SAMPLES_RUN_FILE)
+    }
     for stage, spec in pipeline().items():
         deps = {d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]}
         assert not deps & run_files, f"dvc.yaml stage {stage} depends on {sorted(deps & run_files)}"

@@ -19,7 +19,7 @@ import yaml
 from archives import CLASSES
 from conftest import make_pipeline_repo, sh, tally
 
-ALL_STAGES = ("download", "prepare", "fid_reference", "train", "prior", "sample", "evaluate")
+ALL_STAGES = ("download", "prepare", "fid_reference", "train", "prior", "refine", "sample", "evaluate")
 #: what the tiny pipeline's samples are drawn from (TINY_PRIOR, 5 steps, the default guidance)
 LATENTS = "diffusion prior (MLP 2x32, v-prediction; 5 DPM-Solver++(2M) steps, guidance 3)"
 
@@ -65,9 +65,9 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
         assert np.isfinite(metrics[key]), key
     assert metrics["num_samples"] == 20 and set(metrics["per_class"]) == set(CLASSES)
     runs = one_run_per_stage(mlflow_runs(dvc_repo))
-    assert set(runs) == {"train", "prior", "sample", "evaluate"}
+    assert set(runs) == {"train", "prior", "refine", "sample", "evaluate"}
     trained, evaluated, sampled = runs["train"], runs["evaluate"], runs["sample"]
-    for stage in ("prior", "sample", "evaluate"):  # every later stage's run nests under the training's
+    for stage in ("prior", "refine", "sample", "evaluate"):  # every later stage's run nests under the training's
         assert runs[stage].data.tags["mlflow.parentRunId"] == trained.info.run_id
         assert runs[stage].info.run_name == f"{trained.info.run_name} · {stage}"
         assert runs[stage].data.params["model.backbone"] == "mlp"
@@ -78,6 +78,15 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
     assert "samples/final_grid.png" in {a.path for a in client.list_artifacts(sampled.info.run_id, "samples")}
     assert "prior/samples.png" in {a.path for a in client.list_artifacts(runs["prior"].info.run_id, "prior")}
     assert "prior_val_loss" in runs["prior"].data.metrics and runs["prior"].data.params["prior.kind"] == "diffusion"
+    # the refinement: its curves (a row at step 2 and at the last, 3), its grid, the figures of its metrics file
+    refined = runs["refine"]
+    steps = [m.step for m in client.get_metric_history(refined.info.run_id, "refine_weight")]
+    assert steps == [2, 3] and "val_l1_after" in refined.data.metrics
+    assert "refine/reconstructions.png" in {a.path for a in client.list_artifacts(refined.info.run_id, "refine")}
+    refine_metrics = json.loads((dvc_repo / "reports" / "refine" / "metrics.json").read_text())
+    assert refine_metrics["steps"] == 3 and np.isfinite(refine_metrics["val_l1_after"])
+    assert (dvc_repo / "models" / "refined.pt").read_bytes() != (dvc_repo / "models" / "model.pt").read_bytes()
+    assert not (dvc_repo / "models" / "checkpoints" / "refine_last.pt").exists()
     assert (dvc_repo / "reports" / "samples" / "grid.png").is_file()
     assert {a.path for a in client.list_artifacts(trained.info.run_id, "pipeline")} == {"pipeline/params.yaml"}
     pipeline_files = {a.path for a in client.list_artifacts(evaluated.info.run_id, "pipeline")}
@@ -111,6 +120,8 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
         "reports/per_class.csv",
         "reports/train/history.csv",
         "reports/prior/history.csv",
+        "reports/refine/history.csv",
+        "reports/refine/reconstructions.png",
         "reports/samples/grid.png",
     ):
         assert plot in plots, plot
@@ -453,3 +464,16 @@ def test_an_experiment_travels_between_clones_through_git_and_the_s3_store(dvc_r
     assert yaml.safe_load((dvc_repo / "params.yaml").read_text())["sample"]["temperature"] == 0.7
     assert (dvc_repo / "data" / "samples" / "images.npy").read_bytes() == samples
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=dvc_repo)
+
+
+def test_refine_off_reruns_refine_sample_and_evaluate_and_decodes_with_the_trained_model(dvc_repo: Path):
+    """``-S refine.steps=0``: train and prior are not re-run (the encoder and its latents are unchanged), and
+    the decoder sample uses is the trained model's, byte for byte: off reproduces the unrefined pipeline."""
+    out = sh("dvc", "exp", "run", "-n", "refine-off", "-S", "refine.steps=0", cwd=dvc_repo)
+    ran = {stage for stage in ALL_STAGES if f"Running stage '{stage}'" in out}
+    assert ran == {"refine", "sample", "evaluate"}, out
+    assert (dvc_repo / "models" / "refined.pt").read_bytes() == (dvc_repo / "models" / "model.pt").read_bytes()
+    assert json.loads((dvc_repo / "reports" / "refine" / "metrics.json").read_text())["steps"] == 0
+    assert "fid" in json.loads((dvc_repo / "reports" / "metrics.json").read_text())
+    off = one_run_per_stage([r for r in mlflow_runs(dvc_repo) if r.data.tags.get("dvc_experiment") == "refine-off"])
+    assert set(off) == {"refine", "sample", "evaluate"} and off["refine"].data.params["refine.steps"] == "0"

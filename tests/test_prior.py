@@ -227,7 +227,7 @@ def test_the_stages_draw_from_the_diffusion_prior_and_the_served_generator_draws
     params["prior"].update({**TINY_PRIOR, "denoiser": "conv", "width": 16})
     params["sample"].update(per_class=4, steps=8, guidance=2.0, temperature=0.9, seed=3)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("train", "prior", "sample"):
+    for stage in ("train", "prior", "refine", "sample"):
         result = run_stage(stage, ws)
         assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
     metrics = json.loads((ws / "reports/prior/metrics.json").read_text())

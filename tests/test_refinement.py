@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from conftest import model_params
+from conftest import model_params, refine_params
 
 from cvae_pipeline.models import build_model
-from cvae_pipeline.refinement import (
+from cvae_pipeline.refinement.adversarial import (
     DecoderRefiner,
     PatchDiscriminator,
     RefinementError,
-    RefineSettings,
     adaptive_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
@@ -36,7 +38,7 @@ def images(n: int = 32, seed: int = 0):
     return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
 
 
-SETTINGS = RefineSettings(steps=4, batch_size=8, delay=1, adversarial_weight=1.0, max_weight=10.0, lr=1e-3)
+SETTINGS = refine_params(steps=4, batch_size=8, delay=1, adversarial_weight=1.0, max_weight=10.0, lr=1e-3)
 
 
 @pytest.mark.parametrize("backbone", ["mlp", "conv", "resnet"])
@@ -61,8 +63,8 @@ def test_refinement_changes_the_decoder_and_leaves_the_encoder_bit_for_bit(backb
     model = tiny(backbone)
     x, y = images()
     refiner = DecoderRefiner(model, SETTINGS, x, y, torch.device("cpu"))
-    records = refiner.run()
-    assert [r.step for r in records] == [1, 2, 3, 4]
+    rows = refiner.run()
+    assert [r["step"] for r in rows] == [4]  # one row per checkpoint_every steps (100), and the last
     refined = refiner.refined
     before, after = model.state_dict(), refined.state_dict()
     for name in split_parameters(model)[0]:
@@ -77,8 +79,9 @@ def test_refinement_changes_the_decoder_and_leaves_the_encoder_bit_for_bit(backb
 
 def test_the_adversarial_term_waits_for_the_delay():
     x, y = images()
-    refiner = DecoderRefiner(tiny(), RefineSettings(steps=3, batch_size=8, delay=2), x, y, torch.device("cpu"))
-    weights = [r.weight for r in refiner.run()]
+    cfg = refine_params(steps=3, batch_size=8, delay=2, checkpoint_every=1)
+    refiner = DecoderRefiner(tiny(), cfg, x, y, torch.device("cpu"))
+    weights = [r["weight"] for r in refiner.run()]
     assert weights[:2] == [0.0, 0.0] and weights[2] > 0
 
 
@@ -126,5 +129,50 @@ def test_a_non_finite_loss_stops_with_one_line():
     refiner = DecoderRefiner(tiny(), SETTINGS, x, y, torch.device("cpu"))
     with torch.no_grad():
         refiner.model.out.weight.fill_(float("nan"))
-    with pytest.raises(RefinementError, match="non-finite refinement loss at step 1.*Fix: lower"):
+    with pytest.raises(RefinementError, match="non-finite refinement loss at step 1 .*nothing is kept.*Fix: lower"):
         refiner.run()
+
+
+def test_a_killed_refinement_resumes_to_the_weights_of_one_that_never_stopped(tmp_path):
+    x, y = images(40)
+    cfg = refine_params(steps=8, batch_size=8, delay=2, checkpoint_every=2)  # 5 batches an epoch: resumes in the 2nd
+    whole = DecoderRefiner(tiny(), cfg, x, y, torch.device("cpu"))
+    whole.run()
+    checkpoint = tmp_path / "refine_last.pt"
+    first = DecoderRefiner(tiny(), cfg.model_copy(update={"steps": 6}), x, y, torch.device("cpu"), checkpoint, "key")
+    first.run()  # "killed" after its checkpoint at step 6
+    resumed = DecoderRefiner(tiny(), cfg, x, y, torch.device("cpu"), checkpoint, "key")
+    assert resumed.try_resume() and resumed.step == 6
+    torch.manual_seed(123)  # whatever the global generator holds, the run is keyed on its own seeds
+    resumed.run()
+    a, b = whole.refined.state_dict(), resumed.refined.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in resumed.history] == [2, 4, 6, 8]
+    other = DecoderRefiner(tiny(), cfg, x, y, torch.device("cpu"), checkpoint, "other inputs")
+    assert not other.try_resume()
+
+
+def test_sample_decodes_only_a_refinement_of_the_model_the_prior_was_fitted_on(tmp_path, monkeypatch):
+    from cvae_pipeline.data.sources import file_checksum
+    from cvae_pipeline.errors import PipelineError
+    from cvae_pipeline.models.artifact import save_trained_model
+    from cvae_pipeline.refinement.artifact import load_decoding_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    params = model_params(backbone="mlp", width=8, latent_dim=8, latent_resolution=1).model_dump()
+    classes = [str(c) for c in range(10)]
+    trained, refined = Path("models/model.pt"), Path("models/refined.pt")
+    with pytest.raises(PipelineError, match=r"models/model.pt: missing; run `dvc repro train`"):
+        load_decoding_model()
+    save_trained_model(trained, tiny("mlp"), params, classes)
+    with pytest.raises(PipelineError, match=r"models/refined.pt: missing; run `dvc repro refine`"):
+        load_decoding_model()
+    shutil.copyfile(trained, refined)  # refine off: a byte copy
+    assert load_decoding_model()[2] == file_checksum(trained, "sha256")
+    save_trained_model(refined, tiny("mlp"), params, classes, refined_from=file_checksum(trained, "sha256"))
+    assert load_decoding_model()[1] == classes
+    torch.manual_seed(1)  # another training: the refinement above is not of it
+    save_trained_model(trained, build_model(model_params(**{**params}), 10), params, classes)
+    with pytest.raises(PipelineError, match=r"refined.pt was made from another models/model.pt.*`dvc repro refine`"):
+        load_decoding_model()

@@ -221,6 +221,38 @@ class PriorParams(_Section):
     precision: PrecisionSetting = knob(PRECISION_HELP)
 
 
+class RefineParams(_Section):
+    """``refine``: the adversarial fine-tune of the decoder that ``sample`` decodes with (encoder frozen)."""
+
+    steps: StrictInt = knob(
+        "optimiser steps of the decoder against a PatchGAN; 0 = off: sample decodes with the trained model as it is",
+        ge=0,
+    )
+    batch_size: StrictInt = knob("training images per step (their posterior draws, mirrored at random)", ge=2)
+    lr: float = knob("Adam learning rate of the decoder (betas 0.5, 0.9, as in VQGAN)", gt=0, le=1)
+    disc_lr: float = knob("Adam learning rate of the discriminator (betas 0.5, 0.9)", gt=0, le=1)
+    reconstruction: Literal["l1", "nll"] = knob(
+        "the term the adversarial one is balanced against: l1 (mean absolute error of the decoder's mean image) "
+        "| nll (the model's own likelihood, per pixel-channel)"
+    )
+    adversarial_weight: float = knob(
+        "scale of the adaptive weight (VQGAN's disc_weight): the adversarial gradient at the decoder's last layer "
+        "is this times the reconstruction's; 0 = the reconstruction term alone",
+        ge=0,
+        le=100,
+    )
+    max_weight: float = knob("bound on the adaptive weight before it is scaled", gt=0, le=1e4)
+    delay: StrictInt = knob("steps the discriminator trains alone before the decoder sees its gradient", ge=0)
+    disc_layers: StrictInt = knob(
+        "stride-2 layers of the PatchGAN discriminator (2: 6x6 logits, each seeing 34x34 pixels)", ge=1, le=4
+    )
+    disc_width: StrictInt = knob("channels of the discriminator's first layer (doubling per layer, at most 8x)", ge=4)
+    ema_decay: float | None = knob("decay of the decoder weights' moving average that is saved; null = off", gt=0, lt=1)
+    checkpoint_every: StrictInt = knob("steps between resume checkpoints (and rows of the loss curves)", ge=1)
+    seed: StrictInt = knob("seed of the discriminator's weights, the batch order, the flips and the latent draws", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto (CUDA when present) | cpu | cuda")
+
+
 class SampleParams(_Section):
     """``sample``: the generated set that ``evaluate`` scores."""
 
@@ -301,6 +333,7 @@ class PipelineParams(_Section):
     model: ModelParams = knob("the CVAE")
     train: TrainParams = knob("its training")
     prior: PriorParams = knob("the latent density the samples are drawn from")
+    refine: RefineParams = knob("the adversarial fine-tune of the decoder the samples are decoded with")
     sample: SampleParams = knob("the generated set evaluate scores")
     evaluate: EvaluateParams = knob("the metrics")
     mlflow: MlflowParams = knob("tracking and registry")

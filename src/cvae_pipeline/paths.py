@@ -32,6 +32,15 @@ PRIOR_HISTORY = PRIOR_REPORTS / "history.csv"
 PRIOR_GRID = PRIOR_REPORTS / "samples.png"
 PRIOR_METRICS = PRIOR_REPORTS / "metrics.json"
 
+# the model sample and evaluate decode with: model.pt with its decoder refined (a byte copy when refine is off)
+REFINED_MODEL_FILE = Path("models/refined.pt")
+REFINE_CHECKPOINT = Path("models/checkpoints/refine_last.pt")  # the refinement's resume file, no DVC output
+REFINE_RUN_FILE = Path("models/refine_run.json")
+REFINE_REPORTS = Path("reports/refine")
+REFINE_HISTORY = REFINE_REPORTS / "history.csv"
+REFINE_GRID = REFINE_REPORTS / "reconstructions.png"
+REFINE_METRICS = REFINE_REPORTS / "metrics.json"
+
 SAMPLES_DIR = Path("data/samples")
 SAMPLES_GRID = Path("reports/samples/grid.png")
 # the run sample logged to (evaluate logs there too), kept in git like the other run files
@@ -62,6 +71,10 @@ PRODUCERS = {
     PRIOR_CHECKPOINT: "prior",
     PRIOR_RUN_FILE: "prior",
     PRIOR_REPORTS: "prior",
+    REFINED_MODEL_FILE: "refine",
+    REFINE_CHECKPOINT: "refine",
+    REFINE_RUN_FILE: "refine",
+    REFINE_REPORTS: "refine",
     SAMPLES_DIR: "sample",
     SAMPLES_GRID: "sample",
     SAMPLES_RUN_FILE: "sample",

@@ -20,6 +20,7 @@ from .metrics.likelihood import likelihood_metrics
 from .metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet
 from .models.artifact import load_trained_model
 from .paths import FID_REFERENCE_DIR, MODEL_FILE, PREPARED_DIR, SAMPLE_FEATURES, SAMPLES_DIR
+from .refinement.artifact import load_decoding_model
 from .samples import SampleSet
 from .sampling import reconstruct_set
 
@@ -30,7 +31,8 @@ def score(cfg: EvaluateParams, device) -> dict:
     reference = FeatureSet.load(FID_REFERENCE_DIR / FEATURES_FILE)
     reference_stats = Statistics.load(FID_REFERENCE_DIR / STATS_FILE)
     probe = LinearProbe.load(FID_REFERENCE_DIR / PROBE_FILE)
-    model, _ = load_trained_model(MODEL_FILE, device)
+    model, _ = load_trained_model(MODEL_FILE, device)  # the trained VAE: its likelihood bounds
+    decoding = load_decoding_model(device)[0] if cfg.reconstruction_fid else None  # the samples' decoder: the floor
     test = load_prepared(PREPARED_DIR, "test")
 
     inception = InceptionFeatures(device, cfg.batch_size, engine=cfg.engine)
@@ -45,7 +47,7 @@ def score(cfg: EvaluateParams, device) -> dict:
         test_images, test_labels = test_images[idx], test_labels[idx]
     metrics.update(likelihood_metrics(model, test_images, test_labels, cfg.iw_samples, device=device))
     if cfg.reconstruction_fid:
-        metrics.update(floor(model, test.images, test.labels, len(samples.labels), reference_stats, inception))
+        metrics.update(floor(decoding, test.images, test.labels, len(samples.labels), reference_stats, inception))
     if samples.sampling:
         metrics["samples"] = samples.sampling
     metrics["features"] = inception.settings

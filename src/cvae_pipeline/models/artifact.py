@@ -16,10 +16,23 @@ from ..io import atomic_file
 from .base import BaseCVAE
 
 
-def save_trained_model(path: Path, model: BaseCVAE, model_params: dict, classes: list[str]) -> None:
+def save_trained_model(
+    path: Path, model: BaseCVAE, model_params: dict, classes: list[str], refined_from: str | None = None
+) -> None:
+    """``refined_from``: the SHA-256 of the model file whose decoder this one's is a refinement of (its
+    encoder, and so the prior fitted on its latents, are that model's)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    saved = {"model_params": model_params, "classes": list(classes), "state_dict": state}
+    if refined_from is not None:
+        saved["refined_from"] = refined_from
     with atomic_file(path) as tmp:
-        torch.save({"model_params": model_params, "classes": list(classes), "state_dict": state}, tmp)
+        torch.save(saved, tmp)
+
+
+def refined_from(path: Path) -> str | None:
+    """The SHA-256 :func:`save_trained_model` recorded as this model's origin; None for a trained model."""
+    with reading(Path(path), "refine"):
+        return torch.load(path, map_location="cpu", weights_only=True).get("refined_from")
 
 
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[BaseCVAE, list[str]]:

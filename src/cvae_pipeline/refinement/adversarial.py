@@ -1,4 +1,4 @@
-"""Adversarial refinement of a trained CVAE's decoder, with the encoder frozen.
+"""Adversarial refinement of a trained CVAE's decoder, with the encoder frozen (the ``refine`` stage's algorithm).
 
 Why: a decoder trained on a Gaussian likelihood alone draws the average of the images a latent could
 stand for, so its reconstructions are blurry and the decoder's floor (decodes of posterior draws)
@@ -15,43 +15,24 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import BatchStream
-from .errors import PipelineError
-from .models import BaseCVAE
-from .models.base import IMAGE_DIM
+from ..batches import BatchStream
+from ..config import RefineParams
+from ..errors import PipelineError
+from ..models import BaseCVAE
+from ..models.base import IMAGE_DIM
+from ..training.checkpoint import load_checkpoint, save_checkpoint
 
 
 class RefinementError(PipelineError):
     """The refinement cannot go on (a non-finite loss)."""
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    """The knobs of one refinement. ``adversarial_weight`` scales the adaptive weight (VQGAN's
-    ``disc_weight``), which is clamped to ``max_weight`` first: unbounded, it ran to 65 and wrecked the
-    reconstructions in the issue's probe. ``delay``: steps the discriminator trains alone before the
-    decoder sees its gradient (VQGAN's ``disc_start``), so the first adversarial gradients are informed."""
-
-    steps: int
-    batch_size: int = 128
-    lr: float = 1e-4
-    disc_lr: float = 2e-4
-    adversarial_weight: float = 0.5
-    max_weight: float = 1.0
-    delay: int = 200
-    reconstruction: Literal["nll", "l1"] = "nll"
-    disc_layers: int = 2
-    disc_width: int = 64
-    ema_decay: float | None = 0.999
-    seed: int = 0
 
 
 class PatchDiscriminator(nn.Module):
@@ -129,108 +110,180 @@ def split_parameters(model: BaseCVAE) -> tuple[list[str], list[str], str]:
     return sorted(encoder), sorted(decoder), last_name
 
 
-@dataclass
-class StepRecord:
-    step: int
-    reconstruction: float
-    generator: float
-    discriminator: float
-    weight: float
-    real_logit: float
-    fake_logit: float
+#: the figures of a step, averaged over each ``checkpoint_every`` steps into a row of the loss curves
+FIGURES = ("reconstruction", "generator", "discriminator", "weight", "real_logit", "fake_logit")
 
 
 class DecoderRefiner:
     """Fine-tunes ``model``'s decoder against a PatchGAN on posterior draws of ``images``; the encoder's
     parameters are frozen (``requires_grad`` off, never in an optimiser). ``refined`` is the model to
-    save: the decoder's EMA when ``ema_decay`` is set, the encoder bit-for-bit the input's."""
+    save: the decoder's EMA when ``ema_decay`` is set, the encoder bit-for-bit the input's.
 
-    def __init__(self, model: BaseCVAE, settings: RefineSettings, images, labels, device: torch.device):
-        self.settings = settings
+    Resumable like the training: every ``checkpoint_every`` steps the decoder, its EMA, the discriminator,
+    both optimisers and the curves go to ``checkpoint_path`` under the stage's fingerprint; the batch order
+    is keyed on (seed, epoch) and each step's latent noise on (seed, step), so a run killed and resumed
+    ends with the weights of one that never stopped."""
+
+    def __init__(
+        self,
+        model: BaseCVAE,
+        cfg: RefineParams,
+        images,
+        labels,
+        device: torch.device,
+        checkpoint_path: Path | None = None,
+        fingerprint: str = "",
+    ):
+        self.cfg = cfg
         self.device = device
+        self.checkpoint_path = checkpoint_path
+        self.fingerprint = fingerprint
         self.model = copy.deepcopy(model).to(device).train()
-        encoder, decoder, last = split_parameters(self.model)
+        _, decoder, last = split_parameters(self.model)
         params = dict(self.model.named_parameters())
         for name, p in params.items():
             p.requires_grad_(name in decoder)
         self.decoder_names = decoder
         self.last_layer = params[last]
-        torch.manual_seed(settings.seed)
-        self.discriminator = PatchDiscriminator(settings.disc_width, settings.disc_layers).to(device)
-        self.optimizer = torch.optim.Adam([params[n] for n in decoder], lr=settings.lr, betas=(0.5, 0.9))
-        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=settings.disc_lr, betas=(0.5, 0.9))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            self.discriminator = PatchDiscriminator(cfg.disc_width, cfg.disc_layers).to(device)
+        self.optimizer = torch.optim.Adam([params[n] for n in decoder], lr=cfg.lr, betas=(0.5, 0.9))
+        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
         #: the decoder's exponential moving average (warm-up ramp as in training); the encoder is never touched
-        self.ema = copy.deepcopy(self.model).requires_grad_(False) if settings.ema_decay is not None else None
-        self.batches = BatchStream(
-            images, labels, settings.batch_size, device, True, torch.Generator().manual_seed(settings.seed), hflip=True
-        )
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema_decay is not None else None
+        self.images, self.labels = images, labels
+        self.batches_per_epoch = -(-len(labels) // cfg.batch_size)
         self.step = 0
+        self.history: list[dict] = []
 
     @property
     def refined(self) -> BaseCVAE:
         return (self.ema if self.ema is not None else self.model).eval()
 
+    # --- checkpoints ---------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "discriminator": self.discriminator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "disc_optimizer": self.disc_optimizer.state_dict(),
+            "history": self.history,
+        }
+
+    def try_resume(self) -> bool:
+        """Restore the last checkpoint of these inputs; False when there is none."""
+        if self.checkpoint_path is None:
+            return False
+        state = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        self.step, self.history = state["step"], list(state["history"])
+        return True
+
+    def kept_checkpoint(self) -> str:
+        if not self.history or self.checkpoint_path is None:
+            return "no checkpoint of this refinement was written, so nothing is kept"
+        return f"the last good checkpoint ({self.checkpoint_path}, step {self.history[-1]['step']}) is kept"
+
+    # --- training ------------------------------------------------------------------
     @torch.no_grad()
     def _update_ema(self) -> None:
         n = self.step - 1
-        weight = 1.0 - min(self.settings.ema_decay, (1.0 + n) / (10.0 + n))
+        weight = 1.0 - min(self.cfg.ema_decay, (1.0 + n) / (10.0 + n))
         averaged, current = dict(self.ema.named_parameters()), dict(self.model.named_parameters())
-        torch._foreach_lerp_(
-            [averaged[k] for k in self.decoder_names], [current[k] for k in self.decoder_names], weight
-        )
+        names = self.decoder_names
+        torch._foreach_lerp_([averaged[k] for k in names], [current[k] for k in names], weight)
 
     def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from step ``self.step`` on: epoch e's order and flips come from a generator seeded on
+        (seed, e), so a resumed run skips to where it stopped without replaying the training."""
+        epoch, skip = divmod(self.step, self.batches_per_epoch)
         while True:
-            yield from self.batches
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            stream = BatchStream(
+                self.images, self.labels, self.cfg.batch_size, self.device, True, generator, hflip=True
+            )
+            for i, batch in enumerate(stream):
+                if i >= skip:
+                    yield batch
+            epoch, skip = epoch + 1, 0
 
     def reconstruction_loss(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per pixel-channel: the model's own likelihood (``nll``, nats) or the mean absolute error (``l1``)."""
-        if self.settings.reconstruction == "l1":
+        if self.cfg.reconstruction == "l1":
             return (self.model.likelihood.mean(out) - x).abs().mean()
         return self.model.likelihood.nll(out, x).mean() / IMAGE_DIM
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepRecord:
-        s = self.settings
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        cfg = self.cfg
         # the posterior draw's noise is keyed on (seed, step): reproducible, whatever ran before
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(s.seed * 1_000_003 + self.step)
+            torch.manual_seed(cfg.seed * 1_000_003 + self.step)
             z, _ = self.model.draw_latent(self.model.encode(x, y))
         out = self.model.decode(z, y)
         fake = self.model.likelihood.mean(out)
         # the decoder: reconstruction + the adaptive weight times the hinge generator loss
         rec = self.reconstruction_loss(out, x)
         gen = hinge_generator_loss(self.discriminator(fake))
-        if self.step >= s.delay and s.adversarial_weight > 0:
-            weight = adaptive_weight(rec, gen, self.last_layer, s.max_weight) * s.adversarial_weight
+        self._stop_unless_finite({"reconstruction": rec, "generator": gen})
+        if self.step >= cfg.delay and cfg.adversarial_weight > 0:
+            weight = adaptive_weight(rec, gen, self.last_layer, cfg.max_weight) * cfg.adversarial_weight
         else:
-            weight = torch.zeros(())
+            weight = torch.zeros((), device=x.device)
         self.optimizer.zero_grad(set_to_none=True)
         (rec + weight * gen).backward()
         self.optimizer.step()
         # the discriminator: real images against the decodes it was just shown
         real_logits, fake_logits = self.discriminator(x), self.discriminator(fake.detach())
         disc = hinge_discriminator_loss(real_logits, fake_logits)
+        self._stop_unless_finite({"discriminator": disc})
         self.disc_optimizer.zero_grad(set_to_none=True)
         disc.backward()
         self.disc_optimizer.step()
         self.step += 1
         if self.ema is not None:
             self._update_ema()
-        figures = torch.stack([rec, gen, disc, weight, real_logits.mean(), fake_logits.mean()]).detach().tolist()
-        if not all(math.isfinite(v) for v in figures):
-            raise RefinementError(
-                f"non-finite refinement loss at step {self.step} (reconstruction {figures[0]}, generator "
-                f"{figures[1]}, discriminator {figures[2]}); nothing was saved. Fix: lower the learning rates or "
-                "the adversarial weight"
-            )
-        return StepRecord(self.step, *figures)
+        values = torch.stack([rec, gen, disc, weight, real_logits.mean(), fake_logits.mean()]).detach().tolist()
+        return dict(zip(FIGURES, values))
 
-    def run(self, on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
-        records = []
+    def _stop_unless_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        values = {k: v.item() for k, v in losses.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            described = ", ".join(f"{k} {v}" for k, v in values.items())
+            raise RefinementError(
+                f"non-finite refinement loss at step {self.step + 1} ({described}); {self.kept_checkpoint()}. "
+                "Fix: lower refine.lr, refine.disc_lr or refine.adversarial_weight"
+            )
+
+    def run(self, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+        """Refine up to ``cfg.steps``; every ``checkpoint_every`` steps (and at the last) a row of the curves
+        (the figures averaged over those steps, seconds per step) is appended, checkpointed and passed to
+        ``on_row``."""
         stream = self._stream()
-        while self.step < self.settings.steps:
-            record = self.train_step(*next(stream))
-            records.append(record)
-            if on_step is not None:
-                on_step(record)
-        return records
+        sums, count, start = dict.fromkeys(FIGURES, 0.0), 0, time.perf_counter()
+        while self.step < self.cfg.steps:
+            figures = self.train_step(*next(stream))
+            for k, v in figures.items():
+                sums[k] += v
+            count += 1
+            if self.step % self.cfg.checkpoint_every and self.step != self.cfg.steps:
+                continue
+            row = {"step": self.step, **{k: v / count for k, v in sums.items()}}
+            row["seconds_per_step"] = (time.perf_counter() - start) / count
+            self.history.append(row)
+            if self.checkpoint_path is not None:
+                save_checkpoint(self.checkpoint_path, self.state())
+            if on_row is not None:
+                on_row(row)
+            sums, count, start = dict.fromkeys(FIGURES, 0.0), 0, time.perf_counter()
+        return self.history
