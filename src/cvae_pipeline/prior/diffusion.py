@@ -205,7 +205,7 @@ def describe_denoiser(denoiser: Denoiser) -> str:
 
 
 class GaussianDiffusion:
-    """The forward process, the training loss and the DDIM sampler for one ``Denoiser``."""
+    """The forward process, the training loss and the samplers (``SOLVERS``) for one ``Denoiser``."""
 
     def __init__(self, timesteps: int, prediction: str):
         if prediction not in ("eps", "v"):
@@ -281,7 +281,9 @@ class GaussianDiffusion:
         previous_x0, previous_h = None, None  # DPM-Solver++(2M)'s memory of the last step
         for i, step in enumerate(timesteps):
             a = alpha_bar[step].float()
-            a_prev = alpha_bar[timesteps[i + 1]].float() if i + 1 < len(timesteps) else torch.ones((), device=device)
+            last = i + 1 == len(timesteps)
+            alpha_bar_next = alpha_bar.new_ones(()) if last else alpha_bar[timesteps[i + 1]]  # float64
+            a_prev = alpha_bar_next.float()
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
             level = step / max(1, self.timesteps - 1)
             inside = guidance_interval[0] <= level <= guidance_interval[1]
@@ -292,17 +294,17 @@ class GaussianDiffusion:
             else:
                 eps = out
                 x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-            if solver == "ddim" or i + 1 == len(timesteps):
+            if solver == "ddim" or last:
                 x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
                 continue
             # DPM-Solver++(2M) in log-SNR lambda = log(alpha / sigma): x' = (sigma'/sigma) x - alpha' expm1(-h) D,
             # D the x0 estimate extrapolated from the last two (first order, i.e. DDIM, on the first step)
-            h = _half_log_snr(alpha_bar[timesteps[i + 1]]) - _half_log_snr(alpha_bar[step])
+            h = _half_log_snr(alpha_bar_next) - _half_log_snr(alpha_bar[step])
             d = x0
             if previous_x0 is not None and i + 2 < len(timesteps):  # the step into t = 0 first order, see above
                 r = previous_h / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
-            sigma_ratio = ((1 - alpha_bar[timesteps[i + 1]]) / (1 - alpha_bar[step])).sqrt()
+            sigma_ratio = ((1 - alpha_bar_next) / (1 - alpha_bar[step])).sqrt()
             x = sigma_ratio.float() * x - (a_prev.sqrt() * torch.expm1(-h).float()) * d
             previous_x0, previous_h = x0, h
         return x
