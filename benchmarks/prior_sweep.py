@@ -45,6 +45,7 @@ from cvae_pipeline.metrics.evaluation import sample_quality  # noqa: E402
 from cvae_pipeline.metrics.fid import Statistics  # noqa: E402
 from cvae_pipeline.metrics.inception import InceptionFeatures  # noqa: E402
 from cvae_pipeline.metrics.reference import FEATURES_FILE, PROBE_FILE, STATS_FILE, FeatureSet  # noqa: E402
+from cvae_pipeline.models.artifact import load_trained_model  # noqa: E402
 from cvae_pipeline.prior import ClassGMM, load_prior  # noqa: E402
 from cvae_pipeline.prior.encoding import encode_central  # noqa: E402
 from cvae_pipeline.refinement.artifact import load_decoding_model  # noqa: E402
@@ -72,12 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-prior", action="store_true", help="also the N(0, I) row")
     parser.add_argument("--floor", action="store_true", help="also the two floor rows")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--decoder",
+        choices=["sample", "trained"],
+        default="sample",
+        help="decode with the model sample decodes with (models/refined.pt) or the trained one (models/model.pt): "
+        "the refinement's effect on one model and prior",
+    )
     args = parser.parse_args(argv)
 
     params = load_params()
     solvers, step_counts = args.solver or [params.sample.solver], args.steps or [params.sample.steps]
     torch.manual_seed(args.seed)
     model, classes, model_sha = load_decoding_model("cpu")
+    if args.decoder == "trained":
+        model, classes = load_trained_model(paths.MODEL_FILE, "cpu")
+    decoder_file = paths.MODEL_FILE if args.decoder == "trained" else paths.REFINED_MODEL_FILE
     _, prior = load_prior(paths.PRIOR_FILE, model_sha)
     reference = FeatureSet.load(paths.FID_REFERENCE_DIR / FEATURES_FILE)
     reference_stats = Statistics.load(paths.FID_REFERENCE_DIR / STATS_FILE)
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     inception = InceptionFeatures(torch.device("cpu"), params.evaluate.batch_size)
     n = args.per_class * len(classes)
     print(
-        f"{cpu_description()}; torch {torch.__version__}; {n} images per row, seed {args.seed}; {args.model}",
+        f"{cpu_description()}; torch {torch.__version__}; {n} images per row, seed {args.seed}; decoder {decoder_file}",
         flush=True,
     )
 

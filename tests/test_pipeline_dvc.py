@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from archives import CLASSES
-from conftest import make_pipeline_repo, sh, tally
+from conftest import load_benchmark, make_pipeline_repo, sh, tally
 
 ALL_STAGES = ("download", "prepare", "fid_reference", "train", "prior", "refine", "sample", "evaluate")
 #: what the tiny pipeline's samples are drawn from (TINY_PRIOR, 5 steps, the default guidance)
@@ -128,6 +128,22 @@ def test_repro_runs_every_stage_then_is_a_no_op(dvc_repo: Path):
 
     sh("git", "add", "-A", cwd=dvc_repo)
     sh("git", "commit", "-qm", "baseline", cwd=dvc_repo)
+
+
+def test_prior_sweep_scores_the_workspace_with_either_decoder(dvc_repo: Path, monkeypatch, capsys):
+    """``benchmarks/prior_sweep.py`` on a repro'd workspace, as docs/results.md runs it: one row per decoder,
+    each a finite FID, and the header names the decoder it scored."""
+    monkeypatch.chdir(dvc_repo)
+    sweep = load_benchmark("prior_sweep")
+    fids = {}
+    for decoder, path in (("sample", "models/refined.pt"), ("trained", "models/model.pt")):
+        assert sweep.main(["--per-class", "2", "--guidance", "3", "--decoder", decoder]) in (None, 0)
+        out = capsys.readouterr().out
+        assert f"decoder {path}" in out
+        (row,) = [line for line in out.splitlines() if line.startswith("| diffusion g=3")]
+        fids[decoder] = float(row.split("|")[2])
+    assert all(np.isfinite(list(fids.values())))
+    assert fids["sample"] != fids["trained"]  # the tiny refinement changed the decoder
 
 
 def queue_finished(repo: Path) -> bool:
