@@ -201,24 +201,25 @@ def test_evaluate_without_reference_fails_before_the_inception_pass(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_workspace(tmp_path_factory) -> Path:
-    """A workspace the train stage has run in once (the damage tests copy it)."""
+    """A workspace the train and refine stages have run in once (the damage tests copy it)."""
     ws = train_workspace(tmp_path_factory.mktemp("trained") / "ws", TINY_MODEL, {"epochs": 1, "batch_size": 64})
     assert run_stage("train", ws).returncode == 0
+    assert run_stage("refine", ws).returncode == 0
     return ws
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbled", "empty"])
 def test_sample_with_a_damaged_model_is_one_line(tmp_path, trained_workspace, damage):
     ws = Path(shutil.copytree(trained_workspace, tmp_path / "ws"))
-    model = ws / "models" / "model.pt"
+    model = ws / "models" / "refined.pt"  # the model file sample decodes with
     data = model.read_bytes()
     model.write_bytes(
         {"truncated": data[: len(data) // 2], "garbled": data[:100] + bytes(len(data) - 100), "empty": b""}[damage]
     )
     line = one_line_error(run_stage("sample", ws))
     assert (
-        line.startswith("error: models/model.pt: damaged or not the file expected here")
-        and "dvc repro -f train" in line
+        line.startswith("error: models/refined.pt: damaged or not the file expected here")
+        and "dvc repro -f refine" in line
     )
 
 
@@ -390,6 +391,7 @@ def test_the_sampled_generator_logs_no_param_conflict(tmp_path):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert run_stage("train", ws).returncode == 0
     assert run_stage("prior", ws).returncode == 0
+    assert run_stage("refine", ws).returncode == 0
     sampled = run_stage("sample", ws)
     assert sampled.returncode == 0, sampled.stderr
     assert "Failed to log model config" not in sampled.stdout + sampled.stderr
