@@ -39,6 +39,9 @@ def test_unrequired_tracking_only_warns_and_the_stages_run_untracked(tmp_path):
     fitted = run_stage("prior", ws, env={"MLFLOW_TRACKING_URI": uri})
     assert fitted.returncode == 0, fitted.stderr
     assert json.loads((ws / "models" / "prior_run.json").read_text())["run_id"] is None
+    refined = run_stage("refine", ws, env={"MLFLOW_TRACKING_URI": uri})
+    assert refined.returncode == 0, refined.stderr
+    assert json.loads((ws / "models" / "refine_run.json").read_text())["run_id"] is None
     sampled = run_stage("sample", ws, env={"MLFLOW_TRACKING_URI": uri})
     assert sampled.returncode == 0, sampled.stderr
     assert "not tracked in MLflow" in sampled.stdout
