@@ -43,7 +43,7 @@ from cvae_pipeline.team.objectstore import SERVICES
 from cvae_pipeline.team.stack import ARTIFACTS_PREFIX, DATABASES, READER, SECRETS, WRITER, Stack
 from cvae_pipeline.team.tracking_server import basic_auth
 
-PIPELINE = ("train", "prior", "fid_reference", "sample", "evaluate")
+PIPELINE = ("train", "prior", "refine", "fid_reference", "sample", "evaluate")
 
 
 def call(
@@ -114,9 +114,9 @@ def test_pipeline_runs_live_in_postgres_and_their_artifacts_in_the_bucket(team_s
     trained = json.loads((pipeline / "models" / "mlflow_run.json").read_text())["run_id"]
     experiment = ok(team_stack, "experiments/get-by-name?experiment_name=cvae-cifar10")["experiment"]
     runs = ok(team_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-    assert len(runs) == 6 and all(
+    assert len(runs) == 7 and all(
         r["info"]["status"] == "FINISHED" for r in runs
-    )  # train, prior, 2 x (sample, evaluate)
+    )  # train, prior, refine, 2 x (sample, evaluate)
 
     def of(stage: str) -> dict:
         """The stage's runs by their guidance."""
@@ -149,7 +149,8 @@ def test_pipeline_runs_live_in_postgres_and_their_artifacts_in_the_bucket(team_s
     sampled = samplings["3.0"]["info"]["run_id"]
     assert any(k.endswith(f"{sampled}/artifacts/samples/final_grid.png") for k in keys), keys
     assert any(k.endswith(f"{trained}/artifacts/pipeline/params.yaml") for k in keys), keys
-    assert any(k.endswith("/MLmodel") for k in keys) and any(k.endswith("/model.pt") for k in keys), keys
+    # the generator carries the model file sample decodes with
+    assert any(k.endswith("/MLmodel") for k in keys) and any(k.endswith("/refined.pt") for k in keys), keys
 
 
 @pytest.mark.slow
