@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "src"))
 from cvae_pipeline import paths  # noqa: E402
 from cvae_pipeline.config import load_params  # noqa: E402
 from cvae_pipeline.data.prepared import load_prepared  # noqa: E402
+from cvae_pipeline.data.sources import file_checksum  # noqa: E402
 from cvae_pipeline.data.splits import stratified_subset  # noqa: E402
 from cvae_pipeline.metrics.class_consistency import LinearProbe  # noqa: E402
 from cvae_pipeline.metrics.evaluation import sample_quality  # noqa: E402
@@ -85,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     solvers, step_counts = args.solver or [params.sample.solver], args.steps or [params.sample.steps]
     torch.manual_seed(args.seed)
-    model, classes, model_sha = load_decoding_model("cpu")
     if args.decoder == "trained":
-        model, classes = load_trained_model(paths.MODEL_FILE, "cpu")
-    decoder_file = paths.MODEL_FILE if args.decoder == "trained" else paths.REFINED_MODEL_FILE
+        decoder_file = paths.MODEL_FILE
+        model, classes = load_trained_model(decoder_file, "cpu")
+        model_sha = file_checksum(decoder_file, "sha256")  # what the prior was fitted on: this very file
+    else:
+        decoder_file = paths.REFINED_MODEL_FILE
+        model, classes, model_sha = load_decoding_model("cpu")
     _, prior = load_prior(paths.PRIOR_FILE, model_sha)
     reference = FeatureSet.load(paths.FID_REFERENCE_DIR / FEATURES_FILE)
     reference_stats = Statistics.load(paths.FID_REFERENCE_DIR / STATS_FILE)
