@@ -533,7 +533,7 @@ def test_the_mlflow_ui_plots_fid_against_guidance_from_a_real_store(tmp_path):
         driver.get(f"{url}/#/compare-runs?runs={ids}&experiments={experiments}")
         wait.until(lambda d: f"Comparing {len(runs)} Runs" in text(d))
         shown = wait.until(lambda d: metric_row(d, "fid", len(runs)))
-        plot_axes(driver, wait, ["sample.guidance"], ["fid", "class_consistency", "recall"])
+        plot_axes(driver, wait, None, ["fid"])  # params: MLflow shows the ones that differ
         driver.save_screenshot(str(tmp_path / "compare.png"))
     finally:
         if driver is not None:
