@@ -1,6 +1,7 @@
 """How fast each heavy part runs on this CPU, and how close it gets to the machine's limit — in one run.
 
     python benchmarks/speed.py [--steps 12] [--samples 10000] [--fid-images 500] [--seed 1] [--skip trainer,...]
+    python benchmarks/speed.py --profile [--steps 8] [--top 12]     # where a training step's time goes
 
 Needs ``data/prepared`` (``dvc repro prepare``; the experiment rows bring the rest up to date). Prints
 the CPU model, torch's capability and threads, then, every row measured in this one run (compare ratios,
@@ -23,7 +24,18 @@ not figures from different runs):
   (``precision: auto``): wall minutes, each stage's figures and FID. Two real experiments of this
   repository (named ``speed-before-<time>`` and ``speed-after-<time>``; ``dvc exp show`` and MLflow list
   them), run in a copy of the workspace (``--temp``): tens of minutes each. ``--skip experiment`` leaves
-  them out.
+  them out;
+* ``queue``: a queued ``sample.guidance`` sweep of two experiments at ``dvc queue start -j 1`` against two
+  others at ``-j 2`` on the workspace's trained model and prior (after ``dvc repro``; ~15 min): wall
+  minutes and the stages each experiment ran (``sample`` and ``evaluate`` only, if DVC re-runs exactly
+  what changed). Each also gets ``--queue-set`` (default ``evaluate.likelihood_images=1000``: the
+  likelihood bound on all 10,000 test images is not what a sampling sweep is about). The experiments stay
+  in ``dvc exp show`` and MLflow (``queue-j<N>-<guidance>``); ``dvc exp remove`` them when done.
+
+``--profile`` instead profiles the default trainer's step (``torch.profiler``, self CPU time of every
+operator over ``--steps`` steps after a warm-up) in fp32 and, where the CPU has native bf16, in bf16:
+grouped (convolutions forward/backward, matmuls, normalisation, optimiser + EMA, dtype casts, the rest),
+each group's share and bf16 speed-up, then the ``--top`` operators. ``speed.py`` says how much; this, where.
 
 Run it alone: a concurrent heavy process slows every row several-fold. bf16 rows on a CPU without
 native bf16 (no AVX512-BF16/AMX) measure torch's emulation, which is what ``precision: auto`` avoids there.
@@ -81,13 +93,28 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10, budget_s
 
 
 # --- one trainer row, in its own process (peak memory is then that row's alone) ---------------------------
+def before_the_speed_work(trainer) -> None:
+    """Give ``trainer`` the optimiser and EMA the loop had before the speed work: torch's default AdamW on
+    CPU (a loop over the parameters, where the loop now uses the fused one) and a per-tensor EMA update
+    (where it now does one ``_foreach_lerp_``). The LR schedule is constant: it costs the same either way."""
+    from torch.optim.swa_utils import AveragedModel
+
+    cfg = trainer.cfg
+    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+
+    def per_tensor(averaged, current, num):
+        d = min(cfg.ema_decay, (1.0 + float(num)) / (10.0 + float(num)))
+        return averaged * d + current * (1.0 - d)
+
+    trainer.ema = AveragedModel(trainer.model, avg_fn=per_tensor, use_buffers=True)
+
+
 def warmed_trainer(precision: Precision, steps: int, variant: str = ""):
     """A ``Trainer`` of the default model (seed 0) over the first ``steps`` batches of the training split,
     at ``precision``, after a warm-up epoch of two batches on the same model (oneDNN's kernel choice; for
-    ``variant="compile"`` the compilation itself); ``variant="before"``: the per-tensor AdamW and EMA the
-    loop used before the speed work. Returns the trainer and the seconds its set-up and warm-up took."""
-    from torch.optim.swa_utils import AveragedModel
-
+    ``variant="compile"`` the compilation itself); ``variant="before"``: :func:`before_the_speed_work`.
+    Returns the trainer and the seconds its set-up and warm-up took."""
     from cvae_pipeline.data.prepared import PreparedSplit, load_prepared
     from cvae_pipeline.models import build_model
     from cvae_pipeline.training.loop import Trainer
@@ -104,21 +131,12 @@ def warmed_trainer(precision: Precision, steps: int, variant: str = ""):
     if variant == "compile":
         model.forward = torch.compile(model.forward)
     warm = subset(cfg.batch_size * 2)
-    fused = variant != "before"
-    trainer = Trainer(
-        model, cfg, CPU, subset(cfg.batch_size * steps), warm, Path("/nonexistent"), "bench", fused_optimizer=fused
-    )
-    if variant == "before":  # the per-tensor EMA update the loop used before
-        decay = cfg.ema_decay
-
-        def per_tensor(averaged, current, num):
-            d = min(decay, (1.0 + float(num)) / (10.0 + float(num)))
-            return averaged * d + current * (1.0 - d)
-
-        trainer.ema = AveragedModel(trainer.model, avg_fn=per_tensor, use_buffers=True)
-    trainer.use_precision(precision)
-    warm_up = Trainer(model, cfg, CPU, warm, warm, Path("/nonexistent"), "bench", fused_optimizer=fused)
-    warm_up.use_precision(precision)
+    trainer = Trainer(model, cfg, CPU, subset(cfg.batch_size * steps), warm, Path("/nonexistent"), "bench")
+    warm_up = Trainer(model, cfg, CPU, warm, warm, Path("/nonexistent"), "bench")
+    for t in (trainer, warm_up):
+        if variant == "before":
+            before_the_speed_work(t)
+        t.use_precision(precision)
     warm_up.train_epoch()
     return trainer, time.perf_counter() - started
 
@@ -217,32 +235,68 @@ def inception_gflop_per_image() -> float:
     return counter.get_total_flops() / 1e9
 
 
+def write_pngs(images: np.ndarray, folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def project_features(folder: Path, engine: str) -> tuple[np.ndarray, float]:
+    """Features of the PNGs in ``folder`` by the extractor ``evaluate.engine: <engine>`` runs, and the seconds
+    they took, reading the PNGs included; the extractor's set-up and first call are not timed."""
+    from cvae_pipeline.metrics.image_sets import read_folder
+    from cvae_pipeline.metrics.inception import InceptionFeatures
+
+    extractor = InceptionFeatures(CPU, batch_size=50, engine=engine)
+    extractor(np.zeros((2, 3, 32, 32), np.uint8), progress=False)  # warm-up (first-call JIT profiling)
+    start = time.perf_counter()
+    features = extractor(read_folder(folder), progress=False)
+    return features, time.perf_counter() - start
+
+
+def pytorch_fid_features(folder: Path) -> tuple[np.ndarray, float]:
+    """pytorch-fid 0.3.0's features exactly as ``python -m pytorch_fid`` computes them (``num_workers=0``),
+    its weights written offline from the same network (``tests/pytorch_fid_weights.py``)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from pytorch_fid.fid_score import IMAGE_EXTENSIONS, get_activations
+    from pytorch_fid.inception import InceptionV3
+    from pytorch_fid_weights import install_pytorch_fid_weights
+
+    install_pytorch_fid_weights()
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    with torch.no_grad():
+        model(torch.zeros(2, 3, 32, 32))  # warm-up
+    start = time.perf_counter()
+    files = sorted(p for ext in IMAGE_EXTENSIONS for p in folder.glob(f"*.{ext}"))
+    features = get_activations(files, model, batch_size=50, dims=2048, device=CPU, num_workers=0)
+    return features, time.perf_counter() - start
+
+
 def fid_rows(count: int) -> dict:
     import tempfile
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from fid_throughput import project_features, pytorch_fid_features, write_pngs
     from torch.fx.experimental.optimization import fuse
 
     from cvae_pipeline.data.prepared import load_prepared
     from cvae_pipeline.metrics.image_sets import read_folder
     from cvae_pipeline.metrics.inception import load_inception, preprocess
-    from cvae_pipeline.metrics.pytorch_fid_weights import install_pytorch_fid_weights
 
     images = np.asarray(load_prepared(REPO / "data" / "prepared", "test").images[:count])
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_pngs(images, Path(tmp) / "A")
         os.environ["TORCH_HOME"] = str(Path(tmp) / "torch_home")
-        install_pytorch_fid_weights()
-        (reference,), seconds = pytorch_fid_features([folder], CPU)
+        reference, seconds = pytorch_fid_features(folder)
         rows["pytorch-fid 0.3.0"] = {"images_per_second": count / seconds, "features": reference}
 
         def shipped(engine: str) -> dict:
             """The extractor ``evaluate`` runs with ``evaluate.engine: <engine>``, reading the PNGs like
             pytorch-fid; its set-up (the network from the cache, converted once if not there) timed apart."""
             started = time.perf_counter()
-            (features,), seconds = project_features([folder], CPU, engine)
+            features, seconds = project_features(folder, engine)
             setup = time.perf_counter() - started - seconds
             return {"images_per_second": count / seconds, "features": features, "setup_seconds": setup}
 
@@ -384,36 +438,197 @@ def print_experiment(rows: dict) -> None:
         )
 
 
+# --- a queued sweep at -j 1 against -j 2 --------------------------------------------------------------------
+STAGES = ("download", "prepare", "fid_reference", "train", "prior", "refine", "sample", "evaluate")
+
+
+def queued_sweep(workers: int, guidances: list[str], settings: list[str]) -> dict:
+    """Queue one experiment per guidance, run the queue with ``workers`` workers: wall seconds, stages run."""
+
+    def dvc(*args: str) -> str:
+        return subprocess.run(["dvc", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    names = [f"queue-j{workers}-{g}" for g in guidances]
+    extra = [arg for setting in settings for arg in ("-S", setting)]
+    for name, guidance in zip(names, guidances, strict=True):
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"sample.guidance={guidance}", *extra)
+    start = time.perf_counter()
+    dvc("queue", "start", "-j", str(workers))
+    while any(word in dvc("queue", "status") for word in ("Queued", "Running")):
+        time.sleep(2)
+    seconds = time.perf_counter() - start
+    status = dvc("queue", "status")
+    ran = {}
+    for name in names:
+        log = dvc("queue", "logs", name) if name in status else ""
+        ran[name] = [stage for stage in STAGES if f"Running stage '{stage}'" in log]
+    failed = [line for line in status.splitlines() if "Failed" in line and any(n in line for n in names)]
+    return {"workers": workers, "seconds": round(seconds, 1), "stages run": ran, "failed": failed}
+
+
+def queue_rows(settings: list[str]) -> dict:
+    """Two guidance values per worker count, other values for each, so DVC's run cache cannot stand in."""
+    return {
+        "settings": settings,
+        "rows": [queued_sweep(1, ["1.5", "2.5"], settings), queued_sweep(2, ["2", "4"], settings)],
+    }
+
+
+# --- where a training step's time goes (--profile) -----------------------------------------------------------
+#: operator name (aten::...) -> group; the first pattern that matches wins
+PROFILE_GROUPS = (
+    ("convolution backward", r"convolution_backward"),
+    ("convolution forward", r"conv|convolution"),
+    ("matmul (linear layers)", r"addmm|\bmm\b|bmm|linear|matmul"),
+    ("normalisation", r"norm"),
+    ("optimiser + EMA", r"adam|_foreach|lerp"),
+    ("dtype casts and copies", r"_to_copy|\bto\b|copy_|clone|contiguous"),
+)
+
+
+def group_of(op: str) -> str:
+    import re
+
+    name = op.removeprefix("aten::")
+    return next((g for g, pattern in PROFILE_GROUPS if re.search(pattern, name)), "everything else")
+
+
+def profile_step(precision: Precision, steps: int) -> tuple[float, dict[str, float], list[tuple[str, float]]]:
+    """(seconds per step, {group: self seconds per step}, [(op, self seconds per step)] by time)."""
+    trainer, _ = warmed_trainer(precision, steps)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        trainer.train_epoch()
+        wall = time.perf_counter() - started
+    ops = [(e.key, e.self_cpu_time_total / 1e6 / steps) for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    ops.sort(key=lambda item: -item[1])
+    groups: dict[str, float] = {}
+    for op, seconds in ops:
+        groups[group_of(op)] = groups.get(group_of(op), 0.0) + seconds
+    return wall / steps, groups, ops
+
+
+def print_profile(steps: int, top: int) -> None:
+    runs = {"fp32": profile_step(FP32, steps)}
+    if native_bf16(CPU):
+        runs["bf16"] = profile_step(BF16, steps)
+    else:
+        print("no native bf16 on this CPU: profiling fp32 only")
+    print(f"\nper training step (batch {PARAMS.train.batch_size}), self CPU time by group, {steps} steps profiled:")
+    print(f"  {'group':<28}" + "".join(f"{name:>20}" for name in runs) + ("  bf16 speed-up" if "bf16" in runs else ""))
+    fp32_groups = runs["fp32"][1]
+    for group in sorted({g for _, groups, _ in runs.values() for g in groups}, key=lambda g: -fp32_groups.get(g, 0)):
+        cells = "".join(
+            f"{g.get(group, 0) * 1e3:>9.1f} ms {g.get(group, 0) / step:>6.1%}" for step, g, _ in runs.values()
+        )
+        if "bf16" in runs and runs["bf16"][1].get(group):
+            cells += f"  {fp32_groups.get(group, 0.0) / runs['bf16'][1][group]:>10.2f}x"
+        print(f"  {group:<28}{cells}")
+    walls = "".join(f"{step * 1e3:>9.1f} ms {'':>7}" for step, _, _ in runs.values())
+    speedup = f"  {runs['fp32'][0] / runs['bf16'][0]:>10.2f}x" if "bf16" in runs else ""
+    print(f"  {'wall time per step (profiled)':<28}{walls}{speedup}")
+    for name, (_, _, ops) in runs.items():
+        print(f"\n{name}: the {top} operators with the most self CPU time per step")
+        for op, seconds in ops[:top]:
+            print(f"  {op:<44}{seconds * 1e3:>9.1f} ms  {group_of(op)}")
+
+
+# --- printing each part ----------------------------------------------------------------------------------------
+def print_trainer(rows: dict, steps: int) -> None:
+    base = rows["fp32"].get("images_per_second")
+    print(f"\ntrainer, default model, batch {PARAMS.train.batch_size}, {steps} steps per row:")
+    for name, row in rows.items():
+        if "error" in row:
+            print(f"  {name:20s} failed: {row['error']}")
+            continue
+        extra = f", compiled in {row['compile_seconds']:.0f} s" if row["compile_seconds"] else ""
+        print(
+            f"  {name:20s} {row['images_per_second']:7.1f} img/s  {row['images_per_second'] / base:5.2f}x fp32  "
+            f"peak RSS {row['peak_rss_mib']:6.0f} MiB{extra}",
+            flush=True,
+        )
+
+
+def print_prior(rows: dict) -> None:
+    cfg = PARAMS.prior
+    base = rows[f"fp32, batch {cfg.batch_size}"]
+    print(f"\nprior training step, {cfg.denoiser} denoiser {cfg.blocks}x{cfg.width}:")
+    for name, rate in rows.items():
+        print(f"  {name:20s} {rate:7.0f} latents/s  {rate / base:5.2f}x the default", flush=True)
+
+
+def print_sample(rows: dict, samples: int) -> None:
+    s = PARAMS.sample
+    print(f"\nsampling {samples} images, {s.steps} {s.solver} steps at guidance {s.guidance:g}, decoded:")
+    for name, rate in rows.items():
+        print(
+            f"  {name:20s} {rate:7.1f} img/s  {samples / rate:6.0f} s for {samples}  {rate / rows['fp32']:5.2f}x fp32"
+        )
+
+
+def print_fid(result: dict, count: int, fp32_gflops: float) -> None:
+    gflop, rows = result["gflop_per_image"], result["rows"]
+    base = rows["pytorch-fid 0.3.0"]["images_per_second"]
+    print(f"\nFID features of {count} test images ({gflop:.2f} GFLOP per image at 299x299), batch 50:")
+    for name, row in rows.items():
+        if "error" in row:
+            print(f"  {name:48s} {row['error']}")
+            continue
+        rate = row["images_per_second"]
+        setup = f", setup {row['setup_seconds']:.0f} s" if "setup_seconds" in row else ""
+        print(
+            f"  {name:48s} {rate:6.2f} img/s  {rate / base:5.2f}x pytorch-fid  {rate * gflop:6.0f} GFLOP/s = "
+            f"{100 * rate * gflop / fp32_gflops:3.0f} % of fp32 matmul  max |feature diff| "
+            f"{row['max_feature_difference']:.1e}{setup}"
+        )
+
+
+def print_queue(result: dict) -> None:
+    print(f"\na queued sample.guidance sweep, two experiments per row, each also {result['settings']}:")
+    for row in result["rows"]:
+        print(
+            f"  -j {row['workers']}: {row['seconds'] / 60:.1f} min; stages run: {row['stages run']}; "
+            f"failed: {row['failed']}"
+        )
+    print(f"  -j 2 / -j 1 wall time: {result['rows'][1]['seconds'] / result['rows'][0]['seconds']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12, help="timed training steps per trainer row")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed training steps per trainer row (12; --profile: 8)"
+    )
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--fid-images", type=int, default=500)
-    parser.add_argument(
-        "--skip", default="", help="comma-separated parts to leave out: trainer,prior,sample,fid,experiment"
-    )
+    parser.add_argument("--skip", default="", help="parts to leave out, comma-separated: " + ",".join(PARTS))
     parser.add_argument("--seed", type=int, default=1, help="train.seed of the whole experiment, before and after")
+    parser.add_argument("--experiment-log", type=Path, default=REPO / "benchmarks" / "results" / "speed-experiment.log")
     parser.add_argument(
-        "--experiment-log",
-        type=Path,
-        default=REPO / "benchmarks" / "results" / "speed-experiment.log",
-        help="where DVC's output of the whole experiments goes",
+        "--queue-set", nargs="*", default=["evaluate.likelihood_images=1000"], help="more -S, queue part"
     )
     parser.add_argument(
-        "--emulated", action="store_true", help="also the bf16 rows on a CPU without native bf16 (very slow)"
+        "--emulated", action="store_true", help="also bf16 rows where the CPU only emulates bf16 (slow)"
     )
+    parser.add_argument("--profile", action="store_true", help="profile the trainer's step instead (torch.profiler)")
+    parser.add_argument("--top", type=int, default=12, help="--profile: operators listed per precision")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--row", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.row:
-        print(json.dumps(trainer_row(args.row[1], args.steps)))
-        return 0
+    steps = args.steps or (8 if args.profile else 12)
     skip = set(filter(None, args.skip.split(",")))
+    if unknown := skip - set(PARTS):
+        parser.error(f"--skip: unknown part(s) {sorted(unknown)}; the parts are {','.join(PARTS)}")
+    if args.row:
+        print(json.dumps(trainer_row(args.row[1], steps)))
+        return 0
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
     commit = commit.stdout.strip() or "unknown"
     print(
         f"{cpu_description()}; torch {torch.__version__}; native bf16: {native_bf16(CPU)}; commit {commit}", flush=True
     )
+    if args.profile:
+        print_profile(steps, args.top)
+        return 0
     result: dict = {"commit": commit, "machine": cpu_description(), "native_bf16": native_bf16(CPU)}
     fp32 = matmul_gflops(torch.float32)
     bf16 = matmul_gflops(torch.bfloat16, 2048 if native_bf16(CPU) else 512)  # emulated: minutes at 2048
@@ -423,73 +638,37 @@ def main(argv: list[str] | None = None) -> int:
     if not with_bf16:
         print("no native bf16: its rows are left out (--emulated measures torch's emulation)", flush=True)
     precisions = (FP32, BF16) if with_bf16 else (FP32,)
-
-    if "trainer" not in skip:
-        names = [name for name, (p, _) in TRAINER_ROWS.items() if with_bf16 or p.dtype == "fp32"]
-        rows = {name: run_row_in_subprocess("trainer", name, args.steps) for name in names}
-        result["trainer"] = rows
-        base = rows["fp32"].get("images_per_second")
-        print(f"\ntrainer, default model, batch {PARAMS.train.batch_size}, {args.steps} steps per row:")
-        for name, row in rows.items():
-            if "error" in row:
-                print(f"  {name:20s} failed: {row['error']}")
-                continue
-            extra = f", compiled in {row['compile_seconds']:.0f} s" if row["compile_seconds"] else ""
+    names = [name for name, (p, _) in TRAINER_ROWS.items() if with_bf16 or p.dtype == "fp32"]
+    parts = {  # name: (measure, print)
+        "trainer": (
+            lambda: {name: run_row_in_subprocess("trainer", name, steps) for name in names},
+            lambda rows: print_trainer(rows, steps),
+        ),
+        "prior": (lambda: prior_rows(precisions), print_prior),
+        "sample": (lambda: sample_rows(args.samples, precisions), lambda rows: print_sample(rows, args.samples)),
+        "fid": (
+            lambda: {"gflop_per_image": inception_gflop_per_image(), "rows": fid_rows(args.fid_images)},
+            lambda rows: print_fid(rows, args.fid_images, fp32),
+        ),
+        "experiment": (lambda: experiment_rows(REPO, args.seed, args.experiment_log), print_experiment),
+        "queue": (lambda: queue_rows(args.queue_set), print_queue),
+    }
+    for name, (measure, show) in parts.items():
+        if name in skip:
+            continue
+        if name == "experiment":
             print(
-                f"  {name:20s} {row['images_per_second']:7.1f} img/s  {row['images_per_second'] / base:5.2f}x fp32  "
-                f"peak RSS {row['peak_rss_mib']:6.0f} MiB{extra}",
-                flush=True,
+                f"\nwhole training experiment before ({' '.join(BEFORE)}) and after; "
+                f"DVC's output: {args.experiment_log}"
             )
-    if "prior" not in skip:
-        rows = prior_rows(precisions)
-        result["prior"] = rows
-        base = rows[f"fp32, batch {PARAMS.prior.batch_size}"]
-        prior_cfg = PARAMS.prior
-        print(f"\nprior training step, {prior_cfg.denoiser} denoiser {prior_cfg.blocks}x{prior_cfg.width}:")
-        for name, rate in rows.items():
-            print(f"  {name:20s} {rate:7.0f} latents/s  {rate / base:5.2f}x the default", flush=True)
-    if "sample" not in skip:
-        rows = sample_rows(args.samples, precisions)
-        result["sample"] = rows
-        s = PARAMS.sample
-        print(f"\nsampling {args.samples} images, {s.steps} {s.solver} steps at guidance {s.guidance:g}, decoded:")
-        for name, rate in rows.items():
-            print(
-                f"  {name:20s} {rate:7.1f} img/s  {args.samples / rate:6.0f} s for {args.samples}  "
-                f"{rate / rows['fp32']:5.2f}x fp32",
-                flush=True,
-            )
-    if "fid" not in skip:
-        gflop = inception_gflop_per_image()
-        rows = fid_rows(args.fid_images)
-        result["fid"] = {"gflop_per_image": gflop, "rows": rows}
-        base = rows["pytorch-fid 0.3.0"]["images_per_second"]
-        print(f"\nFID features of {args.fid_images} test images ({gflop:.2f} GFLOP per image at 299x299), batch 50:")
-        for name, row in rows.items():
-            if "error" in row:
-                print(f"  {name:48s} {row['error']}")
-                continue
-            rate = row["images_per_second"]
-            setup = f", setup {row['setup_seconds']:.0f} s" if "setup_seconds" in row else ""
-            print(
-                f"  {name:48s} {rate:6.2f} img/s  {rate / base:5.2f}x pytorch-fid  {rate * gflop:6.0f} GFLOP/s = "
-                f"{100 * rate * gflop / fp32:3.0f} % of fp32 matmul  max |feature diff| "
-                f"{row['max_feature_difference']:.1e}{setup}",
-                flush=True,
-            )
-    if "experiment" not in skip:
-        print(
-            f"\nwhole training experiment, dvc exp run -S train.seed={args.seed} (train, prior, sample, evaluate), "
-            f"before ({' '.join(BEFORE)}) and after (the defaults); DVC's output: {args.experiment_log} ...",
-            flush=True,
-        )
-        rows = experiment_rows(REPO, args.seed, args.experiment_log)
-        result["experiment"] = rows
-        print_experiment(rows)
+        result[name] = measure()
+        show(result[name])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
+
+PARTS = ("trainer", "prior", "sample", "fid", "experiment", "queue")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -333,7 +333,7 @@ def team_stack():
 
     from cvae_pipeline.team import Stack, StackError
     from cvae_pipeline.team.postgres import binaries
-    from cvae_pipeline.team.processes import alive, group_alive
+    from cvae_pipeline.team.processes import alive
 
     try:
         binaries()
@@ -414,3 +414,25 @@ def make_pipeline_repo(tmp_path: Path, precision: str | None = None, **sections:
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "pipeline", cwd=repo)
     return repo
+
+
+def group_alive(pid: int | None) -> bool:
+    """Whether any process of the session ``team.processes.start`` made for ``pid`` is left (forked workers
+    too); exited processes waiting to be reaped do not count. What the tests check ``team down`` against."""
+    from cvae_pipeline.team.processes import _stat_fields
+
+    if not pid:
+        return False
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc/self/stat").is_file():
+        return True  # no procfs: the group exists, zombies or not
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat_fields(path)  # None: ended while we looked
+        if fields is not None and fields[2] == str(pid) and fields[0] != "Z":
+            return True
+    return False

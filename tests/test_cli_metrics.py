@@ -43,7 +43,7 @@ def last_value(output: str, label: str) -> float:
 @pytest.mark.slow
 def test_cli_fid_equals_pytorch_fid_on_two_folders(folders, tmp_path):
     """The acceptance check: same folders, same number as ``python -m pytorch_fid A B``."""
-    from cvae_pipeline.metrics.pytorch_fid_weights import install_pytorch_fid_weights
+    from pytorch_fid_weights import install_pytorch_fid_weights  # tests/: the reference's weights, offline
 
     a, b = folders
     torch_home = tmp_path / "torch_home"

@@ -19,13 +19,15 @@ from cvae_pipeline import paths
 SRC = REPO / "src"
 PACKAGE = SRC / "cvae_pipeline"
 #: modules no stage computes its outputs with: what goes to MLflow (tracking, the logged generator), the
-#: wording of failures, and what only the `cvae` command runs. Editing them re-runs nothing.
+#: wording of failures, the turns queued stages take at the cores, and what only the `cvae` command runs.
+#: Editing them re-runs nothing.
 NOT_COMPUTING = (
     "cvae_pipeline.tracking",
     "cvae_pipeline.serving",
     "cvae_pipeline.mlflow_model",
     "cvae_pipeline.errors",
     "cvae_pipeline.stage",
+    "cvae_pipeline.turns",
     "cvae_pipeline.cli",
     "cvae_pipeline.comparison",
     "cvae_pipeline.config_docs",

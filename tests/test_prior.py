@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_MAP_MODEL, TINY_PRIOR, model_params, prior_params, run_stage, train_workspace
+from conftest import (
+    REPO,
+    TINY_MAP_MODEL,
+    TINY_PRIOR,
+    load_benchmark,
+    model_params,
+    prior_params,
+    run_stage,
+    train_workspace,
+)
 
 from cvae_pipeline.config import ConfigError, parse_params
 from cvae_pipeline.errors import PipelineError
@@ -120,13 +129,17 @@ def test_guidance_zero_is_unconditional_one_conditional_and_between_mixes_the_tw
 
 
 def test_guidance_outside_its_interval_is_plain_conditional():
+    """``benchmarks/prior_sweep.py --interval``: its diffusion guides only inside the interval."""
+    prior_sweep = load_benchmark("prior_sweep")
     denoiser = untrained_denoiser()
     diffusion, y = GaussianDiffusion(50, "v"), torch.tensor([0, 1, 2, 3])
 
     def draw(guidance, interval=(0.0, 1.0)):
-        return diffusion.sample(denoiser, y, 10, guidance, 1.0, torch.Generator().manual_seed(1), interval)
+        limited = prior_sweep.GuidedInInterval(diffusion, interval)
+        return limited.sample(denoiser, y, 10, guidance, 1.0, torch.Generator().manual_seed(1))
 
-    guided, conditional = draw(3.0), draw(1.0)
+    guided = diffusion.sample(denoiser, y, 10, 3.0, 1.0, torch.Generator().manual_seed(1))
+    conditional = diffusion.sample(denoiser, y, 10, 1.0, 1.0, torch.Generator().manual_seed(1))
     assert not torch.allclose(guided, conditional)
     assert torch.equal(draw(3.0, (0.0, 1.0)), guided)  # the whole schedule: guided throughout
     assert torch.equal(draw(3.0, (2.0, 3.0)), conditional)  # no step inside: plain conditional

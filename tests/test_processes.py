@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from cvae_pipeline.team.processes import alive, group_alive, stop
+from conftest import group_alive
+
+from cvae_pipeline.team.processes import alive, stop
 
 #: a parent that starts a child in its own session, prints its pid, and never reaps it
 PARENT = """

@@ -372,7 +372,7 @@ def test_unsupported_tracking_scheme_is_named_as_such(monkeypatch):
 
 
 def test_a_long_cause_is_cut_at_a_word_not_mid_word():
-    from cvae_pipeline.tracking.store import shorten
+    from cvae_pipeline.errors import shorten
 
     text = "connection refused " * 30
     cut = shorten(text, 50)

@@ -390,16 +390,11 @@ def chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    chromium() is None, reason="no chromium + chromedriver (`apt-get install chromium chromium-driver`; .ci/run does)"
-)
-def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_stack, pipeline, tmp_path):
+def headless_chrome(tmp_path: Path, headers: dict[str, str] | None = None):
+    """A headless Chromium driven by Selenium, sending ``headers`` with every request the page makes (the
+    browser's basic-auth prompt cannot be answered headless)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = chromium()
     options = webdriver.ChromeOptions()
@@ -417,18 +412,56 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
         f"--user-data-dir={tmp_path / 'profile'}",
     ):
         options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    if headers:
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})
+    return driver
+
+
+def plot_axes(driver, wait, params: list[str] | None, metrics: list[str]) -> None:
+    """As a user would in the compare view: close the assistant panel, put exactly ``params`` (None: leave
+    MLflow's choice) and ``metrics`` on the parallel-coordinates plot (its selectors: params, then metrics)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    for close in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id$='assistant.chat_panel.close']"):
+        close.click()
+    boxes = driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']")[:2]
+    for box, keys in zip(boxes, (params, metrics)):
+        if keys is None:
+            continue
+        selector = box.find_element(By.XPATH, "./ancestor::div[contains(@class, 'select-selector')][1]")
+        for remove in selector.find_elements(By.CSS_SELECTOR, "[class*='selection-item-remove']"):
+            driver.execute_script("arguments[0].click();", remove)
+        for key in keys:
+            box.send_keys(key)
+            option = f"//*[contains(@class, 'select-item-option') and @title='{key}']"
+            wait.until(lambda d, option=option: d.find_elements(By.XPATH, option))
+            box.send_keys(Keys.ENTER)
+        box.send_keys(Keys.ESCAPE)
+    for key in (params or []) + metrics:
+        wait.until(
+            lambda d, key=key: d.find_elements(By.XPATH, f"//*[local-name()='text' and @data-unformatted='{key}']")
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    chromium() is None, reason="no chromium + chromedriver (`apt-get install chromium chromium-driver`; .ci/run does)"
+)
+def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_stack, pipeline, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     experiment_id = ok(team_stack, "experiments/get-by-name?experiment_name=cvae-cifar10")["experiment"][
         "experiment_id"
     ]
     everything = ok(team_stack, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
     runs = [r for r in everything if any(m["key"] == "fid" for m in r["data"].get("metrics", []))]  # the evaluations
     fids = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "fid") for r in runs]
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chrome(tmp_path, {"Authorization": basic_auth(*team_stack.credentials(READER))})
     try:
-        # basic auth for every request the page makes (the browser's login prompt cannot be answered headless)
-        driver.execute_cdp_cmd("Network.enable", {})
-        header = {"Authorization": basic_auth(*team_stack.credentials(READER))}
-        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": header})
         wait = WebDriverWait(driver, 90)
         driver.get(f"{team_stack.server.url}/#/experiments/{experiment_id}/runs")
         (parent,) = [r for r in everything if not any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"])]
@@ -444,23 +477,71 @@ def test_the_mlflow_ui_lists_both_runs_with_their_fid_and_compares_them(team_sta
         wait.until(lambda d: "Comparing 2 Runs" in text(d))
         shown = wait.until(lambda d: metric_row(d, "fid"))
         compared = text(driver)
-        # as a user would: close the assistant panel, put FID on the parallel-coordinates plot
-        for close in driver.find_elements(By.CSS_SELECTOR, "button[data-component-id$='assistant.chat_panel.close']"):
-            close.click()
-        metrics_box = driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']")[1]
-        selector = metrics_box.find_element(By.XPATH, "./ancestor::div[contains(@class, 'select-selector')][1]")
-        for remove in selector.find_elements(By.CSS_SELECTOR, "[class*='selection-item-remove']"):
-            driver.execute_script("arguments[0].click();", remove)
-        metrics_box.send_keys("fid")
-        wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(@class, 'select-item-option') and @title='fid']"))
-        metrics_box.send_keys(Keys.ENTER, Keys.ESCAPE)
-        wait.until(lambda d: d.find_elements(By.XPATH, "//*[local-name()='text' and @data-unformatted='fid']"))
-        driver.save_screenshot(str(tmp_path / "compare.png"))
+        plot_axes(driver, wait, None, ["fid"])
     finally:
         driver.quit()
     assert all(r["info"]["run_name"] in compared for r in runs)
     assert sorted(shown) == pytest.approx(sorted(fids), rel=1e-3)  # the metrics table rounds to 2 decimals
-    if target := os.environ.get("CVAE_UI_SCREENSHOTS"):  # how docs/img/mlflow-compare.png is made
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    chromium() is None or not os.environ.get("CVAE_UI_STORE"),
+    reason="needs chromium and CVAE_UI_STORE=<a checkout whose mlflow.db holds a guidance sweep> (docs/experiments.md)",
+)
+def test_the_mlflow_ui_plots_fid_against_guidance_from_a_real_store(tmp_path):
+    """How docs/img/mlflow-compare.png is made: the MLflow UI, served over a real store (the SQLite store of
+    the checkout ``CVAE_UI_STORE`` names, after a ``sample.guidance`` sweep of its trained model), compares the
+    sweep's evaluations: FID against guidance on the parallel-coordinates plot, the values the store holds.
+    No CI machine has a trained model's sweep, so CI skips it; the screenshot goes to ``CVAE_UI_SCREENSHOTS``."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store = f"sqlite:///{Path(os.environ['CVAE_UI_STORE']).resolve() / 'mlflow.db'}"
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("cvae-cifar10")
+    evaluations = client.search_runs(
+        [experiment.experiment_id], "metrics.fid > 0 and attributes.status = 'FINISHED'", order_by=["start_time DESC"]
+    )
+    # the newest evaluation of each guidance among the newest model's: one sweep, one trained model
+    model = evaluations[0].data.tags["mlflow.parentRunId"]
+    sweep: dict[str, object] = {}
+    for run in evaluations:
+        if run.data.tags.get("mlflow.parentRunId") == model:
+            sweep.setdefault(run.data.params["sample.guidance"], run)
+    assert len(sweep) >= 3, f"the newest model's evaluations hold guidance {sorted(sweep)}: run a sweep first"
+    runs = list(sweep.values())
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    driver = None
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        driver = headless_chrome(tmp_path)
+        wait = WebDriverWait(driver, 90)
+        ids = urllib.parse.quote(json.dumps([r.info.run_id for r in runs]))
+        experiments = urllib.parse.quote(json.dumps([experiment.experiment_id]))
+        driver.get(f"{url}/#/compare-runs?runs={ids}&experiments={experiments}")
+        wait.until(lambda d: f"Comparing {len(runs)} Runs" in text(d))
+        shown = wait.until(lambda d: metric_row(d, "fid", len(runs)))
+        plot_axes(driver, wait, None, ["fid"])  # params: MLflow shows the ones that differ
+        driver.save_screenshot(str(tmp_path / "compare.png"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(30)
+    assert sorted(shown) == pytest.approx(sorted(r.data.metrics["fid"] for r in runs), abs=0.006)
+    if target := os.environ.get("CVAE_UI_SCREENSHOTS"):
         shutil.copy(tmp_path / "compare.png", Path(target) / "mlflow-compare.png")
 
 

@@ -45,30 +45,3 @@ def test_unrequired_tracking_only_warns_and_the_stages_run_untracked(tmp_path):
     sampled = run_stage("sample", ws, env={"MLFLOW_TRACKING_URI": uri})
     assert sampled.returncode == 0, sampled.stderr
     assert "not tracked in MLflow" in sampled.stdout
-
-
-def test_each_server_answer_gets_its_own_line(monkeypatch):
-    """What MLflow's REST client raises, mapped to the cause and the fix (the team stack's tests see each
-    of these from a real server; this pins the wording for every status)."""
-    from mlflow.exceptions import MlflowException
-
-    from cvae_pipeline.tracking.store import store_failure, tracking_failure
-
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ann")
-    uri = "http://tracking:5000"
-
-    def line(message: str) -> str:
-        return str(store_failure(uri, MlflowException(message)))
-
-    rest = "API request to endpoint /api/2.0/mlflow/runs/create failed with error code {} != 200. Response body: ''"
-    assert line(rest.format(401)).startswith(f"MLflow server {uri} refused the credentials of user 'ann' (401")
-    assert line(rest.format(403)).startswith(f"MLflow server {uri}: user 'ann' may not write there (403")
-    retried = "API request to {} failed with exception (Caused by ResponseError('too many {} error responses'))"
-    assert "(503: its database is likely down" in line(retried.format("/api/2.0/mlflow/runs/get", 503))
-    upload = "/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/a.txt"
-    assert "(500: its artifact store is likely down" in line(retried.format(upload, 500))
-    assert line("Connection refused").startswith(f"MLflow tracking store {uri} is not reachable (Connection refused)")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert tracking_failure(MlflowException(rest.format(403))) is not None
-    assert tracking_failure(MlflowException("Invalid model signature")) is None  # not a REST failure: a bug
-    assert tracking_failure(ValueError("x")) is None

@@ -4,7 +4,7 @@ The whole split lives in memory as one uint8 tensor (45,000 CIFAR images are
 138 MB); a batch is one gather by shuffled indices and one conversion to
 float. There is no per-image PIL or transform on the hot path, which is what
 makes the project's loop several times faster than a torchvision-style
-``Dataset`` + ``DataLoader`` (see ``benchmarks/train_throughput.py``).
+``Dataset`` + ``DataLoader`` (docs/benchmarks.md, "The training loop's data path").
 
 The one augmentation, a random horizontal flip, is applied to the gathered batch
 for the same reason: a mirrored CIFAR image is as likely as the original, and

@@ -1,10 +1,11 @@
-"""Typed, validated view of ``params.yaml``.
+"""Typed, validated view of ``params.yaml``: the schema, and reading the file into it.
 
 Every stage validates the *whole* file before doing any work, so a typo in any
 section (``prepare.val_fractoin``) stops the pipeline at its first stage with
 one line naming the key, the value and what is allowed, instead of surfacing
 as a silently ignored knob an hour later. Sections for later stages are added
-here as they arrive; unknown keys are errors at every level.
+here as they arrive; unknown keys are errors at every level. How a validation or YAML error reads
+is :mod:`.errors`' job (``format_validation_error``, ``describe_yaml_error``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, describe_yaml_error, format_validation_error
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 PrecisionSetting = Literal["auto", "fp32", "bf16"]
@@ -353,63 +354,6 @@ class PipelineParams(_Section):
         return self
 
 
-def _dotted(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at ``loc`` (to list its allowed keys)."""
-    model: Any = PipelineParams
-    for item in loc[:-1]:
-        if isinstance(item, int):
-            continue
-        field = model.model_fields.get(item) if isinstance(model, type) else None
-        if field is None:
-            return None
-        annotation = field.annotation
-        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                model = candidate
-                break
-        else:
-            return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _one_line(text: str, limit: int = 100) -> str:
-    """``text`` as it may stand inside a one-line message: control characters escaped (a key "\\r" must
-    not break the line), cut at ``limit`` characters."""
-    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def format_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem: ``<file>: <key> = <value>: <what is allowed>``."""
-    lines = []
-    for err in error.errors():
-        loc = tuple(err["loc"])
-        key = _one_line(_dotted(loc)) or "<root>"
-        if err["type"] == "extra_forbidden":
-            owner = _model_at(loc)
-            allowed = ", ".join(owner.model_fields) if owner else "see README"
-            lines.append(f"{source}: unknown key '{key}' (allowed here: {allowed})")
-        elif err["type"] == "missing":
-            lines.append(f"{source}: missing key '{key}'")
-        else:
-            msg = _one_line(err["msg"].removeprefix("Value error, "), 300)
-            if isinstance(err["input"], dict):  # a check across the keys of a section (or of sections)
-                lines.append(f"{source}: {key}: {msg}" if loc else f"{source}: {msg}")
-            else:
-                lines.append(f"{source}: {key} = {_one_line(repr(err['input']))} is invalid: {msg}")
-    return "\n".join(lines)
-
-
 def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> PipelineParams:
     """Validate an already-loaded params mapping."""
     if not isinstance(raw, dict):
@@ -417,21 +361,7 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> PipelineParams:
     try:
         return PipelineParams.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-
-
-def describe_yaml_error(exc: yaml.YAMLError) -> str:
-    """Where the mistake is: YAML notices it where parsing fails — often the line *after* an unclosed
-    bracket or quote — so name the line the broken construct started on too."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    problem_mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
-    text = problem
-    if problem_mark is not None:
-        text += f" at line {problem_mark.line + 1}, column {problem_mark.column + 1}"
-    context = getattr(exc, "context", None)
-    if context and context_mark is not None and (problem_mark is None or context_mark.line != problem_mark.line):
-        text += f" ({context} that starts at line {context_mark.line + 1}, column {context_mark.column + 1})"
-    return text
+        raise ConfigError(format_validation_error(exc, source, PipelineParams)) from None
 
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS_FILE) -> PipelineParams:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import WriteError, write_failure
+from .errors import WriteError, write_failure_into
 
 
 def _default_mode(directory: bool) -> int:
@@ -90,13 +90,9 @@ def _remove_stale_siblings(target: Path) -> None:
 
 
 def _raise_storage_failure(exc: BaseException, tmp: Path, target: Path) -> None:
-    """A full disk or a file-size limit while writing into ``tmp``: one line naming the output (the file
-    inside it when the error says which), its cause and the fix; the old output is still in place."""
-    if isinstance(exc, WriteError):  # from an atomic_file inside an atomic_directory: name the real path
-        raise WriteError(str(exc).replace(str(tmp), str(target))) from None
-    filename = getattr(exc, "filename", None)
-    where = Path(str(filename).replace(str(tmp), str(target))) if filename else target
-    failure = write_failure(exc, where, written=tmp)
+    """A full disk or a file-size limit while writing into ``tmp``: one line naming the output, its cause
+    and the fix (``errors.write_failure_into``); the old output is still in place."""
+    failure = write_failure_into(exc, tmp, target)
     if failure is not None:
         raise failure from None
 

@@ -103,7 +103,7 @@ def index_image_folders(folder: Path, classes: list[str]) -> list[tuple[str, int
     class's files in sorted order: the index torchvision's ``make_dataset`` builds for ``ImageFolder``
     (a test checks the two agree). Written out rather than imported because importing torchvision
     (and with it torch) cost ``prepare``, which needs neither otherwise, ~3 s a run
-    (``benchmarks/stage_startup.py``)."""
+    (docs/benchmarks.md, "Fixed costs of a stage process")."""
     samples = []
     for label, name in enumerate(classes):
         found = []

@@ -11,7 +11,7 @@ antialias), then ``2x - 1``. The file's weights run in pytorch-fid's own
 architecture with batch norm folded into the convolutions, traced, frozen, in
 channels-last memory format under ``torch.inference_mode()``
 (``inception_network.py``): 1.6x faster than the TorchScript file on this CPU,
-same features to ~2e-5 (see ``benchmarks/fid_throughput.py``).
+same features to ~2e-5 (``benchmarks/speed.py``'s FID rows, docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ and trace + freeze the result. Features equal the TorchScript network's to ~2e-5
 (tested); measured 11.4 vs 6.9 images/s for the frozen TorchScript file here.
 
 The same state dict, saved under pytorch-fid's names, is what lets pytorch-fid itself
-run offline in the tests and the benchmark (``pytorch_fid_weights.py``).
+run offline in the tests and the benchmark (``tests/pytorch_fid_weights.py``).
 """
 
 from __future__ import annotations

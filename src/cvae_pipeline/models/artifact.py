@@ -38,7 +38,8 @@ def refined_from(path: Path) -> str | None:
 def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[BaseCVAE, list[str]]:
     from pydantic import ValidationError
 
-    from ..config import ModelParams, format_validation_error
+    from ..config import ModelParams
+    from ..errors import format_validation_error
     from . import build_model
 
     path = Path(path)
@@ -51,7 +52,7 @@ def load_trained_model(path: Path, device: torch.device | str = "cpu") -> tuple[
         # every key comes from the file: the params it was trained with, never today's defaults
         params = ModelParams.model_validate(model_params)
     except ValidationError as exc:
-        problems = format_validation_error(exc, str(path)).replace("\n", "; ")
+        problems = format_validation_error(exc, str(path), ModelParams).replace("\n", "; ")
         raise PipelineError(
             f"{problems} (a model saved by another version; re-train it: `dvc repro -f train`)"
         ) from None

@@ -33,10 +33,8 @@ class DiffusionPrior:
     mean: torch.Tensor  # [D]
     scale: torch.Tensor  # [D]
 
-    def sampler(
-        self, steps: int, guidance: float, solver: str = "ddim", interval: tuple[float, float] = (0.0, 1.0)
-    ) -> DiffusionSampler:
-        return DiffusionSampler(self, steps, guidance, solver, interval)
+    def sampler(self, steps: int, guidance: float, solver: str = "ddim") -> DiffusionSampler:
+        return DiffusionSampler(self, steps, guidance, solver)
 
     def describe(self, steps: int, guidance: float, solver: str = "ddim") -> str:
         return (
@@ -58,13 +56,10 @@ class DiffusionSampler:
     steps: int
     guidance: float
     solver: str = "ddim"
-    interval: tuple[float, float] = (0.0, 1.0)
 
     def sample(self, labels: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None):
         p = self.prior
-        x = p.diffusion.sample(
-            p.denoiser, labels, self.steps, self.guidance, temperature, generator, self.interval, self.solver
-        )
+        x = p.diffusion.sample(p.denoiser, labels, self.steps, self.guidance, temperature, generator, self.solver)
         return p.mean.to(x.device) + p.scale.to(x.device) * x
 
 

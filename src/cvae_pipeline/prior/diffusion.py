@@ -261,16 +261,9 @@ class GaussianDiffusion:
         guidance: float = 1.0,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
         solver: str = "ddim",
     ) -> torch.Tensor:
-        """Standardised latents for labels ``y`` by ``solver`` (``SOLVERS``); noise from ``generator``.
-
-        ``guidance_interval``: the noise levels, as fractions t / (timesteps - 1) from 0 (clean) to 1
-        (pure noise), at which ``guidance`` applies; elsewhere the step is plain conditional
-        (guidance 1). Guidance at the noisiest steps pulls every draw of a class toward the same few
-        modes (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval improves sample and
-        distribution quality in diffusion models")."""
+        """Standardised latents for labels ``y`` by ``solver`` (``SOLVERS``); noise from ``generator``."""
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
         device = y.device
@@ -285,9 +278,7 @@ class GaussianDiffusion:
             alpha_bar_next = alpha_bar.new_ones(()) if last else alpha_bar[timesteps[i + 1]]  # float64
             a_prev = alpha_bar_next.float()
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
-            level = step / max(1, self.timesteps - 1)
-            inside = guidance_interval[0] <= level <= guidance_interval[1]
-            out = self._guided(denoiser, x, t, y, guidance if inside else 1.0)
+            out = self._guided(denoiser, x, t, y, guidance)
             if self.prediction == "v":
                 x0 = a.sqrt() * x - (1 - a).sqrt() * out
                 eps = (1 - a).sqrt() * x + a.sqrt() * out

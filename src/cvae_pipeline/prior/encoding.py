@@ -31,15 +31,6 @@ class EncodedSet:
 
 
 @torch.no_grad()
-def encode_central(model: BaseCVAE, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """The posterior's central latent of every image (uint8 [N, 3, 32, 32]), [N, latent_dim]."""
-    model.eval()
-    device = next(model.parameters()).device
-    batches = BatchStream(images, labels, batch_size, device, shuffle=False)
-    return np.concatenate([model.encode_latents(x, y).cpu().numpy() for x, y in batches])
-
-
-@torch.no_grad()
 def encode_posteriors(
     model: BaseCVAE, images: np.ndarray, labels: np.ndarray, batch_size: int = 500, hflip: bool = False
 ) -> EncodedSet:

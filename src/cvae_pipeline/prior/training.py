@@ -22,7 +22,7 @@ from ..config import PriorParams
 from ..errors import PipelineError
 from ..precision import FP32, Choice, Precision, resume_or_resolve, seconds_per_step
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.loop import ema_with_warmup, optimizer_implementation
+from ..training.loop import FUSED, ema_with_warmup
 from ..training.schedules import lr_factor
 from .artifact import DiffusionPrior
 from .diffusion import Denoiser, GaussianDiffusion, build_denoiser
@@ -75,7 +75,7 @@ class PriorTrainer:
         total = cfg.epochs * self.steps_per_epoch
         warmup = round(WARMUP_FRACTION * total)
         self.optimizer = torch.optim.AdamW(
-            self.denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **optimizer_implementation(True)
+            self.denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **FUSED
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total, warmup, "cosine")

@@ -94,26 +94,6 @@ def _stat_fields(path: Path) -> list[str] | None:
     return stat[stat.rindex(")") + 2 :].split()
 
 
-def group_alive(pid: int | None) -> bool:
-    """Whether any process of the session :func:`start` made for ``pid`` is left (forked workers too);
-    exited processes waiting to be reaped do not count."""
-    if not pid:
-        return False
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not Path("/proc/self/stat").is_file():
-        return True  # no procfs: the group exists, zombies or not
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        fields = _stat_fields(path)  # None: ended while we looked
-        if fields is not None and fields[2] == str(pid) and fields[0] != "Z":
-            return True
-    return False
-
-
 def wait_until(ready: Callable[[], bool], what: str, pid: int, log: Path, timeout: float = 90) -> None:
     """Poll ``ready`` until it holds; fail with the log's tail if the process dies or time runs out."""
     deadline = time.monotonic() + timeout

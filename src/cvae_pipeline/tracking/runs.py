@@ -19,10 +19,11 @@ import contextlib
 import os
 from pathlib import Path
 
+from ..errors import TrackingError, store_failure
 from ..paths import TRAIN_RUN_FILE
 from .handoff import read_run_file
 from .orphans import claim
-from .store import TrackingError, configure, store_failure, tracking_uri
+from .store import configure, tracking_uri
 from .tags import flatten_params, run_tags
 
 

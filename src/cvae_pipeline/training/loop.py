@@ -42,11 +42,10 @@ class TrainingError(PipelineError):
 EpochCallback = Callable[[dict, BaseCVAE], None]
 
 
-def optimizer_implementation(fused: bool) -> dict:
-    """Keyword arguments selecting torch's Adam(W) implementation: ``fused`` (one kernel over all
-    parameters, CPU and CUDA) or torch's default (a loop over the parameters on CPU). Fused measured
-    ~2x faster per optimiser step on the default model's 54 tensors (docs/benchmarks.md)."""
-    return {"fused": True} if fused else {}
+#: torch's fused Adam(W): one kernel over all parameters (CPU and CUDA) instead of torch's default on CPU,
+#: a loop over them; measured ~2x faster per optimiser step on the default model's 54 tensors
+#: (docs/benchmarks.md's "fp32 before" row)
+FUSED = {"fused": True}
 
 
 def ema_with_warmup(decay: float):
@@ -82,7 +81,6 @@ class Trainer:
         checkpoint_path: Path,
         fingerprint: str,
         dist: Distributed | None = None,
-        fused_optimizer: bool = True,
     ):
         self.model = model.to(device)
         self.precision = FP32
@@ -114,9 +112,7 @@ class Trainer:
         self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
         self.kl_warmup_steps = int(round(cfg.kl_warmup_epochs * steps_per_epoch))
         optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **optimizer_implementation(fused_optimizer)
-        )
+        self.optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **FUSED)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, self.warmup_steps, cfg.lr_schedule)
         )

@@ -9,7 +9,7 @@ writes the state dict ``inception_network.py`` rebuilds from that file where
 ``python -m pytorch_fid A B`` runs unchanged. The 1008-way classifier head,
 which FID never uses, is not in the TorchScript file and is filled with zeros.
 
-Used by the tests and ``benchmarks/fid_throughput.py`` to compare the project's
+Used by the tests and ``benchmarks/speed.py`` (its FID rows) to compare the project's
 FID with pytorch-fid's.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .inception import locate_weights, verify_weights
-from .inception_network import pytorch_fid_state_dict
+from cvae_pipeline.metrics.inception import locate_weights, verify_weights
+from cvae_pipeline.metrics.inception_network import pytorch_fid_state_dict
 
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
