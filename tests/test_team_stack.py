@@ -576,3 +576,202 @@ def test_the_dvc_remote_takes_keys_that_begin_with_a_dash(tmp_path):
     config = (repo / ".dvc" / "config.local").read_text()
     assert "secret_access_key = -s3_secret_key" in config
     assert "access_key_id = -s3_access_key" in config
+
+
+# -- the doors other than MLflow's and S3's ----------------------------------------------------------
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
+
+
+def status_of(method: str, url: str, data: bytes | None = None, headers: dict | None = None) -> int | str:
+    """The HTTP status a request without credentials gets, or "unreachable"."""
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return "unreachable"
+
+
+def grpc_answer(port: int, context=None) -> str:
+    """What a gRPC port says to an HTTP/2 connection preface: "http2" (a SETTINGS frame: the server
+    talks), or why it does not. ``context``: TLS, with or without a client certificate."""
+    import socket
+    import ssl
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            connection = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
+            connection.sendall(HTTP2_PREFACE)
+            head = connection.recv(9)
+        except ssl.SSLError as exc:
+            return f"refused ({exc.reason})"
+        except (ConnectionError, TimeoutError) as exc:
+            return f"refused ({type(exc).__name__})"
+    return "http2" if len(head) == 9 and head[3] == 0x4 else f"refused (answered {head[:9]!r})"
+
+
+def tls_context(folder: Path, certificate: bool):
+    """TLS to the stack's gRPC ports, trusting its CA; ``certificate``: present the stack's own."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
+    context.check_hostname = False  # SeaweedFS checks the chain, not names
+    context.set_alpn_protocols(["h2"])  # gRPC refuses a TLS connection that does not offer h2
+    if certificate:
+        context.load_cert_chain(folder / "seaweedfs.crt", folder / "seaweedfs.key")
+    return context
+
+
+def chunk_of(stack, key: str) -> str:
+    """The volume file id of an object's first chunk, asked of the filer over gRPC by ``weed shell`` from
+    the store's folder (whose security.toml holds the stack's certificate: the one client let in)."""
+    store = stack.objectstore
+    shell = [str(BIN / "weed"), "shell", f"-master=127.0.0.1:{store.ports['master']}"]
+    shell.append(f"-filer=127.0.0.1:{store.ports['filer']}")
+    listed = subprocess.run(
+        shell,
+        input=f"fs.meta.cat /buckets/{store.bucket}/{key}\n",
+        cwd=store.directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r'"fileId":\s*"(\d+,[0-9a-f]+)"', listed.stdout)
+    assert found, listed.stdout + listed.stderr
+    return found.group(1)
+
+
+def test_only_the_s3_and_mlflow_ports_let_a_stranger_in(team_stack, tmp_path):
+    """Every other door of the stack, tried without a credential as any local process could: the
+    filer's list/read/write/delete, the master's assign, lookup and collection delete, the volume
+    server's read/write/delete of a chunk an MLflow artifact upload wrote, each gRPC port, PostgreSQL.
+    Each is refused while the artifact stays readable through MLflow's proxy, unchanged."""
+    import jwt
+    import psycopg
+
+    secret = os.urandom(3000)  # one chunk
+    (tmp_path / "model.bin").write_bytes(secret)
+    env = clean_env(**team_stack.exports())
+    script = (
+        "import mlflow; c = mlflow.MlflowClient(); "
+        f"e = c.create_experiment('doors-{time.time_ns()}'); r = c.create_run(e); "
+        f"c.log_artifact(r.info.run_id, {str(tmp_path / 'model.bin')!r}); print(r.info.run_id)"
+    )
+    made = subprocess.run([str(BIN / "python"), "-c", script], env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    run_id = made.stdout.split()[-1]
+    (key,) = [k for k in team_stack.objectstore.keys(ARTIFACTS_PREFIX) if k.endswith(f"{run_id}/artifacts/model.bin")]
+    fid = chunk_of(team_stack, key)
+
+    store = team_stack.objectstore
+    bucket = f"/buckets/{store.bucket}"
+    master, volume, filer, admin = (
+        f"http://127.0.0.1:{store.ports[s]}" for s in ("master", "volume", "filer", "admin")
+    )
+    tried = {
+        "filer list": status_of("GET", f"{filer}{bucket}/", headers={"Accept": "application/json"}),
+        "filer read": status_of("GET", f"{filer}{bucket}/{key}"),
+        "filer write": status_of(
+            "POST",
+            f"{filer}{bucket}/{ARTIFACTS_PREFIX}/",
+            data=b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nintruder\r\n--b--\r\n',
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ),
+        "filer delete": status_of("DELETE", f"{filer}{bucket}/{key}"),
+        "master assign": status_of("GET", f"{master}/dir/assign"),
+        "master lookup": status_of("GET", f"{master}/dir/lookup?fileId={fid}"),
+        "master collection delete": status_of("GET", f"{master}/col/delete?collection={store.bucket}"),
+        "master volume grow": status_of("GET", f"{master}/vol/grow?count=1"),
+        "volume read": status_of("GET", f"{volume}/{fid}"),
+        "volume write": status_of("PUT", f"{volume}/{fid}", data=b"replaced"),
+        "volume delete": status_of("DELETE", f"{volume}/{fid}"),
+        "volume read, a key not the stack's": status_of(
+            "GET", f"{volume}/{fid}", headers={"Authorization": "Bearer " + jwt.encode({"fid": fid}, "x" * 32)}
+        ),
+        "admin api": status_of("GET", f"{admin}/api/cluster/topology"),
+    }
+    assert all(status in (401, 403, 404, "unreachable") for status in tried.values()), tried
+
+    tls = store.directory / "tls"
+    for service in SERVICES:
+        grpc_port = store.ports[service] + 10000
+        assert grpc_answer(grpc_port) != "http2", service  # plain gRPC
+        assert grpc_answer(grpc_port, tls_context(tls, certificate=False)).startswith("refused"), service
+        assert grpc_answer(grpc_port, tls_context(tls, certificate=True)) == "http2", service  # the stack's own
+
+    for password in ("", "not-the-password"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(team_stack.postgres.uri(DATABASES[0]).replace(team_stack.secrets["postgres"], password))
+
+    # the keys are the stack's: with one the master would sign, the same read goes through
+    signed = jwt.encode({"fid": fid, "exp": int(time.time()) + 10}, team_stack.secrets["seaweedfs_volume_read"])
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{volume}/{fid}", headers={"Authorization": f"Bearer {signed}"}), timeout=10
+    ) as response:
+        assert response.read() == secret
+    # and nothing was changed through a door: the artifact reads back whole through MLflow's proxy
+    fetched = subprocess.run(
+        [
+            str(BIN / "python"),
+            "-c",
+            f"import mlflow; print(mlflow.artifacts.download_artifacts(run_id={run_id!r}, "
+            f"artifact_path='model.bin', dst_path={str(tmp_path / 'back')!r}))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert Path(fetched.stdout.split()[-1]).read_bytes() == secret
+    assert not [k for k in store.keys(ARTIFACTS_PREFIX) if k.endswith("/x")]
+
+
+def test_the_stacks_state_is_its_owners_alone(team_stack):
+    """Secrets, keys, the store's data and the servers' logs: no other user reaches them. Every entry of
+    the state folder is a file or folder of its owner's alone (what lies inside a 0700 folder is out of
+    reach whatever its mode); as root the folder itself is 0711, so that the postgres user reaches its
+    cluster, and lists nothing."""
+    exposed = {path.name: oct(path.stat().st_mode & 0o777) for path in team_stack.directory.iterdir()}
+    exposed = {name: mode for name, mode in exposed.items() if int(mode, 8) & 0o077}
+    assert exposed == {}, exposed
+    assert team_stack.directory.stat().st_mode & 0o066 == 0
+    assert (team_stack.objectstore.directory / "data").stat().st_mode & 0o077 == 0
+
+
+def test_the_reader_writes_nothing_of_anyone_elses_and_may_open_experiments_of_its_own(team_stack):
+    """What MLflow's basic auth lets the reader do, as docs/scaling.md states it: read everything; write
+    nothing into an experiment or a model another user made; but, like any user, create an experiment
+    or a registered model of its own (it then manages that one). MLflow 3 can take away the right to
+    create only through workspaces, which this stack does not turn on."""
+    experiment_id = ok(team_stack, "experiments/create", {"name": f"writers-{time.time_ns()}"})["experiment_id"]
+    run_id = ok(team_stack, "runs/create", {"experiment_id": experiment_id})["run"]["info"]["run_id"]
+    model = f"writers-model-{time.time_ns()}"
+    ok(team_stack, "registered-models/create", {"name": model})
+    metric = {"run_id": run_id, "key": "m", "value": 1.0, "timestamp": 0, "step": 0}
+
+    refused = {
+        "log into the writer's run": call(team_stack, "runs/log-metric", metric, READER)[0],
+        "start a run in the writer's experiment": call(
+            team_stack, "runs/create", {"experiment_id": experiment_id}, READER
+        )[0],
+        "rename the writer's experiment": call(
+            team_stack, "experiments/update", {"experiment_id": experiment_id, "new_name": "taken"}, READER
+        )[0],
+        "delete the writer's experiment": call(
+            team_stack, "experiments/delete", {"experiment_id": experiment_id}, READER
+        )[0],
+        "register a version of the writer's model": call(
+            team_stack, "model-versions/create", {"name": model, "source": "s3://elsewhere", "run_id": run_id}, READER
+        )[0],
+        "delete the writer's model": call(team_stack, "registered-models/delete", {"name": model}, READER)[0],
+    }
+    assert set(refused.values()) == {403}, refused
+    ok(team_stack, f"experiments/get?experiment_id={experiment_id}", user=READER)  # reading is allowed
+    ok(team_stack, f"registered-models/get?name={model}", user=READER)
+
+    own = ok(team_stack, "experiments/create", {"name": f"readers-{time.time_ns()}"}, user=READER)["experiment_id"]
+    own_run = ok(team_stack, "runs/create", {"experiment_id": own}, user=READER)["run"]["info"]["run_id"]
+    ok(team_stack, "runs/log-metric", metric | {"run_id": own_run}, user=READER)
+    ok(team_stack, "registered-models/create", {"name": f"readers-model-{time.time_ns()}"}, user=READER)

@@ -6,6 +6,10 @@ chosen here (each service also opens its port + 10000 for gRPC), the optional en
 would take fixed ports (WebDAV, Iceberg, Lance, admin UI) and the telemetry call home are off,
 and the Unix sockets it can be told about live in the state folder (the gRPC ones it puts in /tmp
 are removed when it stops). One identity with the S3 access key and secret.
+
+Only the S3 port is a way in: the other services are locked by :mod:`.objectstore_locks` (their HTTP
+APIs off or JWT-guarded, mutual TLS on every gRPC port), and ``weed`` runs with umask 077, so what it
+writes (volumes, the filer's store, its Unix sockets) is its owner's alone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import processes
+from . import objectstore_locks, processes
 from .processes import StackError
 
 #: master, volume, filer, s3, admin
@@ -39,6 +43,7 @@ class ObjectStore:
     access_key: str
     secret_key: str
     bucket: str
+    signing_keys: dict[str, str]  # by stack secret name, one per objectstore_locks.JWT_SECTIONS entry
     pid: int | None = None
 
     @property
@@ -68,6 +73,7 @@ class ObjectStore:
             f"-s3.port={p['s3']}",
             f"-admin.port={p['admin']}",
             "-admin.ui=false",
+            "-disableHttp",  # the master's and the filer's HTTP APIs: only gRPC (behind mutual TLS)
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
@@ -79,7 +85,11 @@ class ObjectStore:
         ]
 
     def start(self) -> int:
-        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.chmod(0o700)  # a store made before the locks was 0755
+        (self.directory / "data").mkdir(mode=0o700, exist_ok=True)
+        (self.directory / "data").chmod(0o700)
+        objectstore_locks.lock(self.directory, self.signing_keys)  # read by weed from its working directory
         self.pid = processes.start(self.command(), self.log, cwd=self.directory)
         processes.wait_until(self.ready, f"SeaweedFS (S3 on port {self.ports['s3']})", self.pid, self.log)
         return self.pid

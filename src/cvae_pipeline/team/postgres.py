@@ -97,9 +97,11 @@ class Postgres:
     def start(self) -> None:
         """Listen on 127.0.0.1 only, with the Unix socket inside the data folder (never /var/run)."""
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory}"
-        if os.geteuid() == 0 and not self.log.exists():
-            self.log.touch()
-            shutil.chown(self.log, "postgres", "postgres")
+        if not self.log.exists():
+            self.log.touch(mode=0o600)
+            if os.geteuid() == 0:
+                shutil.chown(self.log, "postgres", "postgres")
+        self.log.chmod(0o600)  # failed logins are logged with the user name; a log made before was 0644
         result = subprocess.run(
             as_cluster_owner(
                 [

@@ -47,9 +47,18 @@ def free_ports(count: int, with_grpc: bool = False) -> list[int]:
     return found
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
-    """Start ``command`` in a new session, its output appended to ``log``; returns its pid."""
-    with open(log, "ab") as out:
+def start(
+    command: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    umask: int = 0o077,
+) -> int:
+    """Start ``command`` in a new session, its output appended to ``log`` (0600: a server's log names
+    users, paths and failed logins); returns its pid. ``umask``: what the server creates is its own."""
+    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(descriptor, 0o600)  # a log written before the locks was 0644
+    with os.fdopen(descriptor, "ab") as out:
         process = subprocess.Popen(
             command,
             stdout=out,
@@ -58,6 +67,7 @@ def start(command: list[str], log: Path, env: dict[str, str] | None = None, cwd:
             env={**os.environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,
+            umask=umask,
         )
     return process.pid
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import processes
 from .objectstore import REGION, SERVICES, ObjectStore
+from .objectstore_locks import JWT_SECTIONS
 from .postgres import Postgres
 from .processes import StackError
 from .tracking_server import TrackingServer
@@ -29,7 +30,7 @@ DVC_REMOTE = "team"
 DATABASES = ("mlflow", "mlflow_auth")
 #: the users ``up`` creates besides the admin: one who runs the pipeline, one who only looks
 WRITER, READER = "writer", "reader"
-SECRETS = ("postgres", "s3_access_key", "s3_secret_key", "admin", WRITER, READER, "flask")
+SECRETS = ("postgres", "s3_access_key", "s3_secret_key", "admin", WRITER, READER, "flask", *JWT_SECTIONS.values())
 
 
 class Stack:
@@ -51,7 +52,12 @@ class Stack:
     def objectstore(self) -> ObjectStore:
         ports = {name: self.state["ports"][f"s3_{name}"] for name in SERVICES}
         store = ObjectStore(
-            self.directory / "seaweedfs", ports, self.secrets["s3_access_key"], self.secrets["s3_secret_key"], BUCKET
+            self.directory / "seaweedfs",
+            ports,
+            self.secrets["s3_access_key"],
+            self.secrets["s3_secret_key"],
+            BUCKET,
+            signing_keys={name: self.secrets[name] for name in JWT_SECTIONS.values()},
         )
         store.pid = self.state.get("pids", {}).get("seaweedfs")
         return store
@@ -103,9 +109,12 @@ class Stack:
         if self.state and self.running():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            self.directory.chmod(0o711)  # the postgres user must reach its cluster inside
-        self.state.setdefault("secrets", {name: secrets.token_urlsafe(18) for name in SECRETS})
+        # the owner's alone; as root, others may pass through (not list) so that the postgres user
+        # reaches its cluster inside, and every file in it is 0600 or a 0700 folder
+        self.directory.chmod(0o711 if os.geteuid() == 0 else 0o700)
+        generated = self.state.setdefault("secrets", {})
+        for name in SECRETS:  # a stack made by an older version gains the secrets it lacks
+            generated.setdefault(name, secrets.token_urlsafe(32))  # 32 bytes: a full HS256 key
         pids = self.state.setdefault("pids", {})
         partly_up = "ports" in self.state and (
             any(processes.alive(pid) for pid in pids.values()) or self.postgres.running()
@@ -150,8 +159,9 @@ class Stack:
     def _save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.state_file.with_suffix(".tmp")
+        temporary.unlink(missing_ok=True)
+        temporary.touch(mode=0o600)  # 0600 before the secrets go in
         temporary.write_text(json.dumps(self.state, indent=2))
-        temporary.chmod(0o600)
         temporary.replace(self.state_file)
 
     def _write_env(self) -> None:
@@ -185,7 +195,7 @@ class Stack:
         lines = [
             f"team stack up in {self.directory}",
             f"  PostgreSQL  127.0.0.1:{ports['postgres']} (databases {', '.join(DATABASES)})",
-            f"  S3 store    {self.objectstore.endpoint} (SeaweedFS), bucket {BUCKET}",
+            f"  S3 store    {self.objectstore.endpoint} (SeaweedFS), bucket {BUCKET}; its other ports locked",
             f"  MLflow      {self.server.url} (basic auth: users admin, {WRITER}, {READER}; "
             f"artifacts in s3://{BUCKET}/{ARTIFACTS_PREFIX})",
             f"  passwords and keys in {self.state_file}",
