@@ -97,9 +97,9 @@ def shorten(text: str, limit: int = 200) -> str:
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
-    """``Type: first line of the message`` (cut at ``limit``), for a cause inside a one-line error."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
+    """``Type: first line of the message`` (:func:`shorten`), for a cause inside a one-line error."""
+    text = shorten(str(exc), limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def storage_exhausted(written: os.PathLike | str | None) -> str | None:
@@ -283,11 +283,12 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
-def store_failure(uri: str, exc: BaseException) -> TrackingError:
-    """One line for a store that cannot be used, naming the cause and what to do about it."""
+def store_failure(uri: str, exc: BaseException, status: int | None = None) -> TrackingError:
+    """One line for a store that cannot be used, naming the cause and what to do about it (``status``:
+    :func:`http_status` of ``exc``, where the caller has it already)."""
     text = str(exc)
     cause = shorten(text) or type(exc).__name__
-    status = http_status(exc)
+    status = http_status(exc) if status is None else status
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 401:
         who = f"the credentials of user '{user}'" if user else "requests without credentials"
@@ -323,7 +324,7 @@ def tracking_failure(exc: BaseException, uri: str) -> TrackingError | None:
     status = http_status(exc)
     if not (transport or status in (401, 403) or (status or 0) >= 500):
         return None
-    return store_failure(uri, exc)
+    return store_failure(uri, exc, status)
 
 
 def translate(exc: BaseException) -> PipelineError | None:
