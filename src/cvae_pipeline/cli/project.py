@@ -16,7 +16,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     """Validate params.yaml and print it, or (--markdown) the configuration reference of docs/."""
     params = load_params(args.params)
     if args.markdown:
-        from .config_docs import render_markdown
+        from ..config_docs import render_markdown
 
         print(render_markdown(yaml.safe_load(Path(args.params).read_text())), end="")
         return 0
