@@ -16,8 +16,9 @@ list, read, replace or delete every object of the bucket, or drop its whole coll
   services present to each other and nothing else holds;
 - the volume server's status UI is off.
 
-What still answers without a credential: the master's and the volume server's status pages and the
-health checks (which volumes exist and their sizes; no keys, no contents). The keys and the private
+What still answers without a credential: the health checks, the admin server's Prometheus counters
+and the master's and the volume server's status pages (which volumes exist and their sizes; no keys,
+no contents). The keys and the private
 key live in the state folder (0700, files 0600), like the stack's other secrets.
 """
 
