@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import objectstore_locks, processes
 from .processes import StackError
+from .secret_files import write_secret
 
 #: master, volume, filer, s3, admin
 SERVICES = ("master", "volume", "filer", "s3", "admin")
@@ -58,8 +59,7 @@ class ObjectStore:
         config = self.directory / "s3-identities.json"
         identity = {"name": "team", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-        config.write_text(json.dumps({"identities": [identity]}))
-        config.chmod(0o600)
+        write_secret(config, json.dumps({"identities": [identity]}))
         p = self.ports
         return [
             weed_binary(),
@@ -85,10 +85,9 @@ class ObjectStore:
         ]
 
     def start(self) -> int:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.directory.chmod(0o700)  # a store made before the locks was 0755
-        (self.directory / "data").mkdir(mode=0o700, exist_ok=True)
-        (self.directory / "data").chmod(0o700)
+        for folder in (self.directory, self.directory / "data"):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)  # a store made before the locks was 0755
         objectstore_locks.lock(self.directory, self.signing_keys)  # read by weed from its working directory
         self.pid = processes.start(self.command(), self.log, cwd=self.directory)
         processes.wait_until(self.ready, f"SeaweedFS (S3 on port {self.ports['s3']})", self.pid, self.log)

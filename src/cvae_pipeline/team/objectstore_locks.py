@@ -29,6 +29,8 @@ import ipaddress
 import json
 from pathlib import Path
 
+from .secret_files import write_secret
+
 #: security.toml section → the stack secret holding its JWT signing key
 JWT_SECTIONS = {
     "jwt.signing": "seaweedfs_volume_write",
@@ -45,12 +47,6 @@ CONFIG_NAME = "security.toml"
 TLS_FOLDER = "tls"
 
 
-def _private(path: Path, data: bytes) -> None:
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_bytes(data)
-
-
 def _needs_certificates(folder: Path) -> bool:
     from cryptography import x509
 
@@ -64,10 +60,10 @@ def _needs_certificates(folder: Path) -> bool:
     return expires - datetime.datetime.now(datetime.UTC) < datetime.timedelta(days=RENEW_DAYS)
 
 
-def issue_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1",)) -> None:
+def issue_certificates(folder: Path) -> None:
     """A CA of the stack's own and one certificate it signs, for every service as server and as client
-    (SeaweedFS checks the chain, not the host name, so one certificate serves all; ``hosts`` go into
-    its subject alternative names for clients that do check)."""
+    (SeaweedFS checks the chain, not the host name, so one certificate serves all; its subject
+    alternative names, loopback's, are for clients that do check)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -94,7 +90,7 @@ def issue_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1",)) ->
     )
 
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in (*hosts, "localhost")]
+    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
     certificate = (
         x509.CertificateBuilder(**valid)
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seaweedfs")]))
@@ -109,20 +105,12 @@ def issue_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1",)) ->
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    _private(
+    write_secret(
         folder / "seaweedfs.key",
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    _private(folder / "seaweedfs.crt", certificate.public_bytes(pem))
-    _private(folder / "ca.crt", ca.public_bytes(pem))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    write_secret(folder / "seaweedfs.crt", certificate.public_bytes(pem))
+    write_secret(folder / "ca.crt", ca.public_bytes(pem))
 
 
 def security_config(keys: dict[str, str], tls: Path) -> str:
@@ -147,5 +135,5 @@ def lock(directory: Path, keys: dict[str, str]) -> Path:
     if _needs_certificates(tls):
         issue_certificates(tls)
     config = directory / CONFIG_NAME
-    _private(config, security_config(keys, tls).encode())
+    write_secret(config, security_config(keys, tls))
     return config

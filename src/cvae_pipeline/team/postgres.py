@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .processes import StackError, tail
+from .secret_files import write_secret
 
 SUPERUSER = "mlflow"
 
@@ -65,8 +66,7 @@ class Postgres:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         password_file = self.directory.parent / ".pgpass-init"
-        password_file.write_text(self.password + "\n")
-        password_file.chmod(0o600)
+        write_secret(password_file, self.password + "\n")
         if os.geteuid() == 0:
             for path in (self.directory, password_file):
                 shutil.chown(path, "postgres", "postgres")

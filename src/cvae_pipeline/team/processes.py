@@ -52,10 +52,9 @@ def start(
     log: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-    umask: int = 0o077,
 ) -> int:
     """Start ``command`` in a new session, its output appended to ``log`` (0600: a server's log names
-    users, paths and failed logins); returns its pid. ``umask``: what the server creates is its own."""
+    users, paths and failed logins), with umask 077 (what the server creates is its own); its pid."""
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(descriptor, 0o600)  # a log written before the locks was 0644
     with os.fdopen(descriptor, "ab") as out:
@@ -67,7 +66,7 @@ def start(
             env={**os.environ, **(env or {})},
             cwd=cwd,
             start_new_session=True,
-            umask=umask,
+            umask=0o077,
         )
     return process.pid
 

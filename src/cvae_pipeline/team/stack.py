@@ -21,6 +21,7 @@ from .objectstore import REGION, SERVICES, ObjectStore
 from .objectstore_locks import JWT_SECTIONS
 from .postgres import Postgres
 from .processes import StackError
+from .secret_files import write_secret
 from .tracking_server import TrackingServer
 
 BUCKET = "cvae-team"
@@ -159,15 +160,12 @@ class Stack:
     def _save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.state_file.with_suffix(".tmp")
-        temporary.unlink(missing_ok=True)
-        temporary.touch(mode=0o600)  # 0600 before the secrets go in
-        temporary.write_text(json.dumps(self.state, indent=2))
+        write_secret(temporary, json.dumps(self.state, indent=2))
         temporary.replace(self.state_file)
 
     def _write_env(self) -> None:
         path = self.directory / "env.sh"
-        path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.exports().items()))
-        path.chmod(0o600)
+        write_secret(path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.exports().items()))
 
     # -- DVC -----------------------------------------------------------------------------------
     def configure_dvc_remote(self, repo: str | os.PathLike) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import processes
 from .processes import StackError
+from .secret_files import write_secret
 
 
 @dataclass
@@ -50,14 +51,14 @@ class TrackingServer:
         # makes hundreds of requests. The cache keys on an HMAC of the password under a per-process
         # key and is dropped for a user whose password or admin flag changes; a wrong password is never
         # cached and permissions are read on every request.
-        auth_config.write_text(
+        write_secret(
+            auth_config,
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = {self.auth_db_uri}\nadmin_username = {self.ADMIN}\n"
             f"admin_password = {self.admin_password}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            f"auth_cache_ttl_seconds = {self.AUTH_CACHE_SECONDS}\n"
+            f"auth_cache_ttl_seconds = {self.AUTH_CACHE_SECONDS}\n",
         )
-        auth_config.chmod(0o600)
         command = [
             str(Path(sys.executable).parent / "mlflow"),
             "server",
