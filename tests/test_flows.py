@@ -1,4 +1,4 @@
-"""Latent flows, the flow prior, the ex-post GMM and the new likelihoods (issue 6)."""
+"""Latent flows, the flow prior, the ex-post GMM and the new likelihoods."""
 
 from __future__ import annotations
 

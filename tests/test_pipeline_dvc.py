@@ -320,7 +320,7 @@ def test_an_applied_experiment_is_resampled_without_retraining(dvc_repo: Path):
 
 
 def test_a_queued_guidance_sweep_gets_a_run_and_a_version_for_each_guidance(dvc_repo: Path):
-    """As the issue's user: a new prior in the workspace, then ``sample.guidance=2,4`` queued and run two at a
+    """As a user would: a new prior in the workspace, then ``sample.guidance=2,4`` queued and run two at a
     time. Neither experiment re-runs train or prior (only ``sample.*`` changed); each gets its own sample and
     evaluation runs with its own guidance and FID — none lands in another's run — and the registry one
     version per generator, registered once although both ran at the same time."""

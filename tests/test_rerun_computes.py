@@ -50,7 +50,7 @@ def test_a_new_mlflow_experiment_gets_the_runs(repo: Path):
 
 
 def test_editing_the_pixel_scaling_trains_again_from_scratch(repo: Path):
-    """The issue's case: ``batches.py``'s /255 made /256. DVC re-runs ``train`` (a dep changed); the stage
+    """The case that motivated it: ``batches.py``'s /255 made /256. DVC re-runs ``train`` (a dep changed); the stage
     must train every epoch anew and write the new model — not resume the finished checkpoint."""
     model = repo / "models" / "model.pt"
     before = model.read_bytes()
