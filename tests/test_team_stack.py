@@ -503,13 +503,18 @@ def test_the_mlflow_ui_plots_fid_against_guidance_from_a_real_store(tmp_path):
     evaluations = client.search_runs(
         [experiment.experiment_id], "metrics.fid > 0 and attributes.status = 'FINISHED'", order_by=["start_time DESC"]
     )
-    # the newest evaluation of each guidance among the newest model's: one sweep, one trained model
-    model = evaluations[0].data.tags["mlflow.parentRunId"]
+
+    # one sweep: the newest evaluation of each guidance among those whose every other param is the newest
+    # evaluation's (the same trained model, prior, sample size), so another experiment on the same training
+    # run (a longer prior, more samples) cannot slip into the picture
+    def others(run) -> dict:
+        return {k: v for k, v in run.data.params.items() if k != "sample.guidance"}
+
     sweep: dict[str, object] = {}
     for run in evaluations:
-        if run.data.tags.get("mlflow.parentRunId") == model:
+        if others(run) == others(evaluations[0]):
             sweep.setdefault(run.data.params["sample.guidance"], run)
-    assert len(sweep) >= 3, f"the newest model's evaluations hold guidance {sorted(sweep)}: run a sweep first"
+    assert len(sweep) >= 3, f"the newest sweep holds guidance {sorted(sweep)}: run a sweep first"
     runs = list(sweep.values())
     port = free_port()
     server = subprocess.Popen(
