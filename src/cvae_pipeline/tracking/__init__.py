@@ -14,7 +14,7 @@
 
 from . import runs
 from .handoff import read_run_file, write_run_file
-from .runs import backfill_epochs, stage_run, warn_untracked
+from .runs import backfill_epochs, stage_run
 from .store import TrackingError, configure, configure_store, project_root, tracking_uri
 from .tags import flatten_params, run_tags
 
@@ -30,6 +30,5 @@ __all__ = [
     "stage_run",
     "run_tags",
     "tracking_uri",
-    "warn_untracked",
     "write_run_file",
 ]

@@ -27,8 +27,16 @@ from .store import configure, tracking_uri
 from .tags import flatten_params, run_tags
 
 
-def warn_untracked(exc: Exception) -> None:
-    print(f"warning: {exc}; going on without MLflow tracking (mlflow.required is false)", flush=True)
+def _experiment_or_none(params) -> str | None:
+    """The id of ``params.mlflow.experiment`` in the store; None (with a warning) when the store is out of
+    reach and ``mlflow.required`` is false: the stage then runs untracked instead of failing."""
+    try:
+        return configure(params.mlflow.experiment)
+    except TrackingError as exc:
+        if params.mlflow.required:
+            raise
+        print(f"warning: {exc}; going on without MLflow tracking (mlflow.required is false)", flush=True)
+        return None
 
 
 def _experiment_name() -> str | None:
@@ -65,12 +73,8 @@ def stage_run(stage: str, params, run_file: Path = TRAIN_RUN_FILE, training_figu
         print("note: the training was not tracked in MLflow; nothing to log to", flush=True)
         yield None
         return
-    try:
-        experiment_id = configure(params.mlflow.experiment)
-    except TrackingError as exc:
-        if params.mlflow.required:
-            raise
-        warn_untracked(exc)
+    experiment_id = _experiment_or_none(params)
+    if experiment_id is None:
         yield None
         return
     parent = _training_run(mlflow.MlflowClient(), trained_in)
@@ -101,12 +105,8 @@ def start_training_run(extra: dict, history: list[dict], params, params_file: Pa
     false`` and the store unreachable)."""
     import mlflow
 
-    try:
-        experiment_id = configure(params.mlflow.experiment)
-    except TrackingError as exc:
-        if params.mlflow.required:
-            raise
-        warn_untracked(exc)
+    experiment_id = _experiment_or_none(params)
+    if experiment_id is None:
         return None
     client = mlflow.MlflowClient()
     run_id = extra.get("mlflow_run_id")
