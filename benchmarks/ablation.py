@@ -117,17 +117,19 @@ CONV_PRIOR = [
 ]
 
 #: the 8x8x8-latent VAE and its conv prior as params.yaml has them since 4ac0189 (all but the prior's length)
-LATENT_8X8X8 = [
-    "model.latent_dim=512",
-    "model.latent_resolution=8",
-    "train.epochs=7",
-    "train.beta=0.5",
-    "train.seed=0",
-    *CONV_PRIOR,
-    "prior.seed=0",
-    "sample.solver=dpmpp_2m",
-    "sample.steps=10",
-]
+LATENT_8X8X8 = merged(
+    CONV_PRIOR,
+    [
+        "model.latent_dim=512",
+        "model.latent_resolution=8",
+        "train.epochs=7",
+        "train.beta=0.5",
+        "train.seed=0",
+        "prior.seed=0",
+        "sample.solver=dpmpp_2m",
+        "sample.steps=10",
+    ],
+)
 
 #: FID-10k rows, in the main MLflow experiment. Each pins the training it was measured with, so the
 #: rows stay the same runs whatever params.yaml's defaults become.
@@ -261,7 +263,7 @@ HEADLINE: dict[str, list[str]] = {
     ),
     # params.yaml's default since 4ac0189: z an 8x8x8 map, the conv prior 16 epochs, DPM-Solver++(2M) 10 steps
     "latent8x8x8-prior16": merged(RESNET_10K, LATENT_8X8X8, ["prior.epochs=16"]),
-    # the best configuration measured: the same VAE, its prior trained 28 epochs (~80 min of training on
+    # the best configuration measured: the same VAE, its prior trained 28 epochs (~85 min of training on
     # the AVX2 EPYC); with its floor at FID-10k
     "latent8x8x8-prior28": merged(
         RESNET_10K,

@@ -510,9 +510,10 @@ def test_the_mlflow_ui_plots_fid_against_guidance_from_a_real_store(tmp_path):
     def others(run) -> dict:
         return {k: v for k, v in run.data.params.items() if k != "sample.guidance"}
 
+    newest = others(evaluations[0])
     sweep: dict[str, object] = {}
     for run in evaluations:
-        if others(run) == others(evaluations[0]):
+        if others(run) == newest:
             sweep.setdefault(run.data.params["sample.guidance"], run)
     assert len(sweep) >= 3, f"the newest sweep holds guidance {sorted(sweep)}: run a sweep first"
     runs = list(sweep.values())
