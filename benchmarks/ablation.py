@@ -270,6 +270,8 @@ HEADLINE: dict[str, list[str]] = {
         LATENT_8X8X8,
         ["prior.epochs=28", "evaluate.reconstruction_fid=true", "evaluate.likelihood_images=1000"],
     ),
+    # the default's second training seed (its prior, sampling and scoring as the default's)
+    "latent8x8x8-prior16-seed1": merged(RESNET_10K, LATENT_8X8X8, ["prior.epochs=16", "train.seed=1"]),
     # the same for 16 epochs
     "map8x4-16ep": merged(
         RESNET_10K,
