@@ -263,7 +263,7 @@ HEADLINE: dict[str, list[str]] = {
     ),
     # params.yaml's default since 4ac0189: z an 8x8x8 map, the conv prior 16 epochs, DPM-Solver++(2M) 10 steps
     "latent8x8x8-prior16": merged(RESNET_10K, LATENT_8X8X8, ["prior.epochs=16"]),
-    # the best configuration measured: the same VAE, its prior trained 28 epochs (~85 min of training on
+    # the best with the width-64 prior: the same VAE, its prior trained 28 epochs (~85 min of training on
     # the AVX2 EPYC); with its floor at FID-10k
     "latent8x8x8-prior28": merged(
         RESNET_10K,
@@ -272,7 +272,8 @@ HEADLINE: dict[str, list[str]] = {
     ),
     # the default's second training seed (its prior, sampling and scoring as the default's)
     "latent8x8x8-prior16-seed1": merged(RESNET_10K, LATENT_8X8X8, ["prior.epochs=16", "train.seed=1"]),
-    # its VAE with the conv prior twice as wide for 14 epochs (~21 + ~44 min of training, AVX-512 Xeon, fp32)
+    # the best configuration measured: its VAE with the conv prior twice as wide for 14 epochs (~21 + ~44 min
+    # of training, AVX-512 Xeon, fp32)
     "latent8x8x8-seed1-prior128x14": merged(
         RESNET_10K,
         LATENT_8X8X8,
