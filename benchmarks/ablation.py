@@ -290,6 +290,19 @@ HEADLINE: dict[str, list[str]] = {
             "evaluate.likelihood_images=1000",
         ],
     ),
+    # the same with the prior re-fitted from another seed (the VAE unchanged)
+    "latent8x8x8-seed1-prior128x14-g2.5-priorseed1": merged(
+        RESNET_10K,
+        LATENT_8X8X8,
+        [
+            "train.seed=1",
+            "prior.width=128",
+            "prior.epochs=14",
+            "prior.seed=1",
+            "sample.guidance=2.5",
+            "evaluate.likelihood_images=1000",
+        ],
+    ),
     # the map8x4 row (4x8x8 latent, per-class GMM) trained 16 epochs
     "map8x4-16ep": merged(
         RESNET_10K,
